@@ -1,0 +1,47 @@
+# One idempotent set-up, then the main job or the tests.
+#   make run    set up, then `dvc repro` on the embedded default
+#   make test   set up, then the test suite
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Nothing phones home; Prefect keeps its state in the project.
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_HOME := $(CURDIR)/.prefect
+export GX_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup run test bench dag clean
+setup: $(STAMP) $(FASHION_MNIST) .dvc/config
+	@dvc config core.analytics false && dvc config core.check_update false
+
+$(FASHION_MNIST):
+	@command -v apt-get >/dev/null || { echo "error: apt-get not found; install Debian's dataset-fashion-mnist by hand" >&2; exit 1; }
+	(apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist))
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+.dvc/config:
+	dvc init -q
+
+run: setup
+	dvc repro
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python -m bench
+
+dag: setup
+	dvc dag
