@@ -1,0 +1,261 @@
+"""Image transforms of LIFT+: minimalist data augmentation (MDA), test crops, TTE.
+
+Inputs are PIL images (any mode; converted to RGB, so grayscale becomes 3-channel).
+Every random transform takes an optional ``torch.Generator``: with one seeded per
+sample the augmentation does not depend on worker count or order; without one it
+draws from torch's global RNG in the same order as the reference (and torchvision).
+
+Each transform has a ``uint8=True`` form for the fast path: workers crop and resize
+and hand over uint8 tensors, and :func:`normalize_batch` finishes on the device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from liftplus.errors import ParamsError
+
+BICUBIC = InterpolationMode.BICUBIC
+MDA_SCHEDULES = ("min", "max", "linear", "convex", "concave")
+Box = tuple[int, int, int, int]
+"""(top, left, height, width) of a crop, as torchvision's ``crop`` takes it."""
+
+
+def mda_min_scale(
+    epoch: int, epochs: int, schedule: str = "convex", scale: Sequence[float] = (0.08, 1.0)
+) -> float:
+    """Smallest crop-area fraction MDA allows at ``epoch`` (0-based) of ``epochs``.
+
+    ``t = epoch / (epochs - 1)`` (0 for a single epoch, where the reference divides by
+    zero) is mapped to ``s`` in [0, 1] by the schedule, then to ``scale[0] + s * (scale[1] - scale[0])``.
+    """
+    if schedule not in MDA_SCHEDULES:
+        expected = ", ".join(MDA_SCHEDULES)
+        raise ParamsError(f"train.mda_schedule is {schedule!r}, expected one of {expected}")
+    if not 0 <= epoch < max(epochs, 1):
+        raise ValueError(f"epoch {epoch} is outside 0..{epochs - 1}")
+    t = epoch / (epochs - 1) if epochs > 1 else 0.0
+    s = {
+        "min": 0.0,
+        "max": 1.0,
+        "linear": t,
+        "convex": 1 - math.sqrt(1 - t**2),
+        "concave": math.sqrt(1 - (1 - t) ** 2),
+    }[schedule]
+    return scale[0] + s * (scale[1] - scale[0])
+
+
+def sample_mda_box(
+    height: int,
+    width: int,
+    min_scale: float,
+    max_scale: float = 1.0,
+    generator: Optional[torch.Generator] = None,
+) -> Box:
+    """A random square box whose area fraction is uniform in [min_scale, max_scale].
+
+    Both bounds are capped at ``short_side**2 / area`` so the square fits: with
+    ``min_scale == 1`` the box is the largest square. The draws (one uniform, two
+    randint) are the reference's, in its order.
+    """
+    area = height * width
+    fits = min(height, width) ** 2 / area
+    lo, hi = min(min_scale, fits), min(max_scale, fits)
+    target_area = area * torch.empty(1).uniform_(lo, hi, generator=generator).item()
+    side = int(round(math.sqrt(target_area)))
+    i = torch.randint(0, height - side + 1, size=(1,), generator=generator).item()
+    j = torch.randint(0, width - side + 1, size=(1,), generator=generator).item()
+    return i, j, side, side
+
+
+def sample_rrc_box(
+    height: int,
+    width: int,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    generator: Optional[torch.Generator] = None,
+) -> Box:
+    """torchvision's ``RandomResizedCrop.get_params``, draw for draw, with a generator."""
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            i = torch.randint(0, height - h + 1, size=(1,), generator=generator).item()
+            j = torch.randint(0, width - w + 1, size=(1,), generator=generator).item()
+            return i, j, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def resize_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(height, width) after ``Resize(short_side)``: short side scaled to ``short_side``, long side truncated."""
+    if height <= width:
+        return short_side, int(short_side * width / height)
+    return int(short_side * height / width), short_side
+
+
+def five_crop_boxes(height: int, width: int, res: int) -> list[Box]:
+    """Boxes of torchvision's ``FiveCrop(res)`` on a ``height x width`` image: tl, tr, bl, br, centre."""
+    bottom, right = height - res, width - res
+    centre = (int(round(bottom / 2.0)), int(round(right / 2.0)))
+    corners = [(0, 0), (0, right), (bottom, 0), (bottom, right), centre]
+    return [(top, left, res, res) for top, left in corners]
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """(3, H, W) uint8 tensor of a PIL image, grayscale replicated to 3 channels."""
+    return TF.pil_to_tensor(to_rgb(img))
+
+
+def normalize_batch(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Float images from uint8 ones (``(..., C, H, W)``), as ``ToTensor`` then ``Normalize`` compute them."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+    return images.to(torch.float32).div(255).sub(mean_t).div(std_t)
+
+
+class MinimalistRandomResizedCrop(nn.Module):
+    """MDA: a random square crop, resized to ``size``, whose smallest area grows each epoch.
+
+    The epoch is set explicitly (``set_epoch``), not stepped, so a resumed run and
+    every worker copy agree on it.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        epochs: int,
+        schedule: str = "convex",
+        scale: Sequence[float] = (0.08, 1.0),
+        interpolation: InterpolationMode = BICUBIC,
+        antialias: bool = True,
+    ):
+        super().__init__()
+        self.size = [size, size]
+        self.epochs = epochs
+        self.schedule = schedule
+        self.scale = tuple(scale)
+        self.interpolation = interpolation
+        self.antialias = antialias
+        self.min_scale = mda_min_scale(0, epochs, schedule, self.scale)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.min_scale = mda_min_scale(epoch, self.epochs, self.schedule, self.scale)
+
+    def get_params(self, img, generator: Optional[torch.Generator] = None) -> Box:
+        _, height, width = TF.get_dimensions(img)
+        return sample_mda_box(height, width, self.min_scale, self.scale[1], generator)
+
+    def forward(self, img, generator: Optional[torch.Generator] = None):
+        i, j, h, w = self.get_params(img, generator)
+        return TF.resized_crop(img, i, j, h, w, self.size, self.interpolation, antialias=self.antialias)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size[0]}, epochs={self.epochs}, schedule={self.schedule}, min_scale={self.min_scale:.4f}"
+
+
+class RandomResizedCropFlip(nn.Module):
+    """The standard augmentation (``RandomResizedCrop`` + ``RandomHorizontalFlip``), generator-aware.
+
+    Without a generator it draws exactly as the torchvision pair does.
+    """
+
+    def __init__(self, size: int, interpolation: InterpolationMode = BICUBIC):
+        super().__init__()
+        self.size = [size, size]
+        self.interpolation = interpolation
+
+    def set_epoch(self, epoch: int) -> None:
+        """No schedule: present so every train crop has the same interface."""
+
+    def forward(self, img, generator: Optional[torch.Generator] = None):
+        _, height, width = TF.get_dimensions(img)
+        i, j, h, w = sample_rrc_box(height, width, generator=generator)
+        img = TF.resized_crop(img, i, j, h, w, self.size, self.interpolation, antialias=True)
+        if torch.rand(1, generator=generator) < 0.5:
+            img = TF.hflip(img)
+        return img
+
+
+def _finish(mean: Sequence[float], std: Sequence[float], uint8: bool) -> Callable:
+    """The last step of every transform: a normalised float tensor, or uint8 for the device to normalise."""
+    return to_uint8_tensor if uint8 else T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+
+
+class TrainTransform:
+    """RGB → train crop (MDA or standard) → tensor; call as ``transform(img, generator=None)``."""
+
+    def __init__(self, crop: nn.Module, finish: Callable):
+        self.crop = crop
+        self.finish = finish
+
+    def set_epoch(self, epoch: int) -> None:
+        self.crop.set_epoch(epoch)
+
+    def __call__(self, img: Image.Image, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return self.finish(self.crop(to_rgb(img), generator))
+
+    def __repr__(self) -> str:
+        return f"TrainTransform({self.crop!r}, {self.finish!r})"
+
+
+def train_transform(
+    res: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    epochs: int,
+    mda: bool = True,
+    schedule: str = "convex",
+    uint8: bool = False,
+) -> TrainTransform:
+    """The reference's training transform: MDA (bicubic, no flip), or RandomResizedCrop + flip."""
+    crop = MinimalistRandomResizedCrop(res, epochs, schedule) if mda else RandomResizedCropFlip(res)
+    return TrainTransform(crop, _finish(mean, std, uint8))
+
+
+def test_transform(res: int, mean: Sequence[float], std: Sequence[float], uint8: bool = False) -> T.Compose:
+    """Resize the short side to ``res + res // 7`` (bicubic), centre crop ``res``."""
+    return T.Compose(
+        [to_rgb, T.Resize(res + res // 7, interpolation=BICUBIC), T.CenterCrop(res), _finish(mean, std, uint8)]
+    )
+
+
+class StackCrops:
+    """Apply ``finish`` to each crop of a tuple and stack them: ``(n_crops, C, H, W)``."""
+
+    def __init__(self, finish: Callable):
+        self.finish = finish
+
+    def __call__(self, crops) -> torch.Tensor:
+        return torch.stack([self.finish(crop) for crop in crops])
+
+
+def tte_transform(
+    res: int, mean: Sequence[float], std: Sequence[float], expand: int = 24, uint8: bool = False
+) -> T.Compose:
+    """Test-time ensembling input: short side to ``res + expand`` (bicubic), the five ``res`` crops, stacked."""
+    return T.Compose(
+        [to_rgb, T.Resize(res + expand, interpolation=BICUBIC), T.FiveCrop(res), StackCrops(_finish(mean, std, uint8))]
+    )
