@@ -1,0 +1,96 @@
+"""Image bytes for the shards: lossless PNG for decoded arrays, photos kept or resized.
+
+A photo is stored as it came whenever it can be: a JPEG that needs no resize
+and no EXIF rotation is copied byte for byte. Anything else is decoded once,
+turned upright, converted to 8-bit RGB or L, shrunk so its short side is
+``max_short_side`` if it is larger, and re-encoded (JPEG stays JPEG at
+quality 95; every other format becomes PNG).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+JPEG_QUALITY = 95
+EXIF_ORIENTATION = 0x0112
+_EIGHT_BIT_MODES = ("RGB", "L")
+
+
+class UndecodableImage(ValueError):
+    """The bytes are not an image PIL can fully decode."""
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    data: bytes
+    ext: str
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Lossless, deterministic PNG of a uint8 HxW (grayscale) or HxWx3 (RGB) array."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """Short side set to ``short_side``, long side truncated as torchvision's Resize(int)."""
+    if width <= height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
+
+
+def _to_eight_bit(image: Image.Image) -> Image.Image:
+    """RGB or L with 8 bits per channel; alpha is dropped as ``convert('RGB')`` does."""
+    if image.mode in _EIGHT_BIT_MODES:
+        return image
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or values.max(initial=0) > 255:
+            values = values / 257.0
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("1", "LA", "La"):
+        return image.convert("L")
+    return image.convert("RGB")
+
+
+def _open_decoded(raw: bytes) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except Exception as exc:  # PIL raises many types for bad bytes
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UndecodableImage(message) from None
+    return image
+
+
+def prepare_photo(raw: bytes, max_short_side: int) -> EncodedImage:
+    """Bytes to store for a photo file's content; raise UndecodableImage if it does not decode."""
+    image = _open_decoded(raw)
+    source_format = image.format
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    too_large = max_short_side > 0 and min(image.size) > max_short_side
+    if (
+        source_format == "JPEG"
+        and not too_large
+        and orientation == 1
+        and image.mode in _EIGHT_BIT_MODES
+    ):
+        return EncodedImage(raw, "jpg")
+
+    image = ImageOps.exif_transpose(image)
+    image = _to_eight_bit(image)
+    if too_large:
+        size = resized_size(*image.size, max_short_side)
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    if source_format == "JPEG":
+        image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        return EncodedImage(buffer.getvalue(), "jpg")
+    image.save(buffer, format="PNG")
+    return EncodedImage(buffer.getvalue(), "png")

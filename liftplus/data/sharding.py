@@ -1,0 +1,38 @@
+"""Every split of an opened source written as shards, plus the manifest that describes them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator
+
+from liftplus.data.manifest import MANIFEST_NAME, build_manifest, split_entry
+from liftplus.data.shards import write_split_shards
+from liftplus.data.sources import Record, SourceData
+from liftplus.io import write_json
+
+
+def _counted(records: Iterator[Record], counts: Counter) -> Iterator[Record]:
+    for record in records:
+        counts[record.label] += 1
+        yield record
+
+
+def shard_source(
+    source: SourceData, source_name: str, out_dir: str | Path, max_samples: int, max_bytes: int
+) -> dict[str, Any]:
+    """Write all splits into ``out_dir`` (shards + ``manifest.json``); return the manifest."""
+    out_dir = Path(out_dir)
+    num_classes = len(source.classnames)
+    splits = {}
+    for split, iterate in source.splits.items():
+        counts: Counter = Counter()
+        shards = write_split_shards(
+            _counted(iterate(), counts), out_dir, split, max_samples, max_bytes
+        )
+        skipped = [asdict(s) for s in source.skipped.get(split, [])]
+        splits[split] = split_entry([counts[c] for c in range(num_classes)], shards, skipped)
+    manifest = build_manifest(source_name, source.classnames, splits)
+    write_json(out_dir / MANIFEST_NAME, manifest)
+    return manifest

@@ -1,0 +1,200 @@
+"""WebDataset shards: writing them reproducibly, reading them back with clear errors.
+
+A sample is three tar members, ``{key}.cls`` (decimal label), ``{key}.json``
+(``{"label": ..., "source": ...}``) and ``{key}.png`` or ``{key}.jpg``, written
+by webdataset's TarWriter with a fixed mtime, owner and mode and in a fixed
+member order, so the same records always give byte-identical tars.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from liftplus.data.sources import Record
+from liftplus.errors import DataError
+from liftplus.io import sha256_file
+
+SHARD_PATTERN = "{split}-%06d.tar"
+IMAGE_EXTS = ("png", "jpg")
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
+_END_OF_ARCHIVE = 2 * _BLOCK
+_TAR_OWNER = "liftplus"
+
+
+def shard_name(split: str, index: int) -> str:
+    return SHARD_PATTERN.format(split=split) % index
+
+
+def _member_bytes(size: int) -> int:
+    return _BLOCK + -(-size // _BLOCK) * _BLOCK
+
+
+def _tar_bytes(members_bytes: int) -> int:
+    """Size of a finished tar whose members take ``members_bytes`` (end marker + record padding)."""
+    return -(-(members_bytes + _END_OF_ARCHIVE) // _RECORD) * _RECORD
+
+
+def sample_members(record: Record) -> dict[str, Any]:
+    if "." in record.key or "/" in record.key or not record.key:
+        raise DataError(f"{record.source}: key {record.key!r} is not a valid tar member stem")
+    if record.ext not in IMAGE_EXTS:
+        raise DataError(f"{record.source}: image extension {record.ext!r} is not png or jpg")
+    meta = {"label": record.label, "source": record.source}
+    return {
+        "__key__": record.key,
+        record.ext: record.image,
+        "cls": str(record.label).encode("ascii"),
+        "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
+    }
+
+
+class _Shard:
+    def __init__(self, path: Path):
+        from webdataset import TarWriter  # imports torch (seconds): only when writing
+
+        self.path = path
+        self.file = open(path, "wb")
+        self.writer = TarWriter(
+            self.file, user=_TAR_OWNER, group=_TAR_OWNER, mode=0o444, mtime=0, encoder=False
+        )
+        self.num_samples = 0
+        self.members_bytes = 0
+
+    def abandon(self) -> None:
+        """Close after an error; the caller throws the partial file away with its folder."""
+        try:
+            self.writer.close()
+        finally:
+            self.file.close()
+
+    def close(self) -> dict[str, Any]:
+        self.writer.close()
+        self.file.close()
+        return {
+            "name": self.path.name,
+            "sha256": sha256_file(self.path),
+            "num_samples": self.num_samples,
+            "bytes": self.path.stat().st_size,
+        }
+
+
+def write_split_shards(
+    records: Iterable[Record], out_dir: str | Path, split: str, max_samples: int, max_bytes: int
+) -> list[dict[str, Any]]:
+    """Write ``records`` as ``{split}-000000.tar``, ... ; one entry per shard for the manifest.
+
+    A shard holds at most ``max_samples`` samples and ``max_bytes`` bytes (a
+    single sample larger than that gets a shard of its own). No records, no shard.
+    """
+    out_dir = Path(out_dir)
+    shards: list[dict[str, Any]] = []
+    current: _Shard | None = None
+    try:
+        for record in records:
+            members = sample_members(record)
+            sample_bytes = sum(_member_bytes(len(v)) for k, v in members.items() if k != "__key__")
+            if current is not None and (
+                current.num_samples >= max_samples
+                or _tar_bytes(current.members_bytes + sample_bytes) > max_bytes
+            ):
+                shards.append(current.close())
+                current = None
+            if current is None:
+                current = _Shard(out_dir / shard_name(split, len(shards)))
+            current.writer.write(members)
+            current.num_samples += 1
+            current.members_bytes += sample_bytes
+        if current is not None:
+            shards.append(current.close())
+            current = None
+    finally:
+        if current is not None:
+            current.abandon()
+    return shards
+
+
+def _corrupt(path: Path, why: str) -> DataError:
+    return DataError(f"{path}: corrupt or truncated shard ({why})")
+
+
+def iter_shard(path: str | Path) -> Iterator[tuple[str, int, bytes, str, dict[str, Any]]]:
+    """``(key, label, image_bytes, ext, meta)`` per sample; DataError naming a bad shard."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: shard not found")
+    try:
+        with tarfile.open(path, "r:") as tar:
+            sample: dict[str, bytes] = {}
+            key = None
+            for member in tar:
+                stem, _, ext = member.name.partition(".")
+                if not member.isfile() or not ext:
+                    raise _corrupt(path, f"unexpected member {member.name!r}")
+                if key is not None and stem != key:
+                    yield _decode_sample(path, key, sample)
+                    sample = {}
+                key = stem
+                content = tar.extractfile(member).read()
+                if len(content) != member.size:
+                    raise _corrupt(path, f"{member.name} is cut short")
+                sample[ext] = content
+            if key is not None:
+                yield _decode_sample(path, key, sample)
+            end = tar.offset
+        _check_end_of_archive(path, end)
+    except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as exc:
+        raise _corrupt(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+
+def _decode_sample(path: Path, key: str, sample: dict[str, bytes]):
+    images = [ext for ext in IMAGE_EXTS if ext in sample]
+    if len(images) != 1 or "cls" not in sample or "json" not in sample or len(sample) != 3:
+        members = sorted(sample)
+        raise _corrupt(path, f"sample {key!r} has members {members}, expected cls, json, png|jpg")
+    try:
+        label = int(sample["cls"].decode("ascii"))
+        meta = json.loads(sample["json"].decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise _corrupt(path, f"sample {key!r} has an unreadable cls or json member") from None
+    return key, label, sample[images[0]], images[0], meta
+
+
+def _check_end_of_archive(path: Path, offset: int) -> None:
+    """A tar cut exactly between members reads as complete; its missing end marker gives it away."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        tail = f.read(_END_OF_ARCHIVE)
+    if len(tail) != _END_OF_ARCHIVE or tail.count(0) != _END_OF_ARCHIVE:
+        raise _corrupt(path, "no end-of-archive marker")
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``final``; on success it replaces ``final``.
+
+    On any error the temporary folder is removed and ``final`` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp.chmod(0o755)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists() or final.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, old / final.name)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,54 @@
+"""Stage ``shard``: raw dataset → ``data/shards/{split}-%06d.tar`` + ``manifest.json``.
+
+Everything is written into a temporary sibling folder that replaces the
+output folder only when all splits and the manifest are complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from liftplus.data.shards import atomic_directory
+from liftplus.data.sharding import shard_source
+from liftplus.data.sources import open_source
+from liftplus.errors import exit_on_error
+from liftplus.params import DEFAULT_PARAMS_FILE, load_params
+
+DEFAULT_OUT = Path("data/shards")
+
+
+def summary_lines(manifest: dict) -> list[str]:
+    lines = [f"{manifest['source']}: {manifest['num_classes']} classes"]
+    for split, entry in manifest["splits"].items():
+        present = sum(1 for count in entry["class_counts"] if count)
+        skipped = f", {len(entry['skipped'])} skipped" if entry["skipped"] else ""
+        lines.append(
+            f"  {split}: {entry['num_samples']} samples in {len(entry['shards'])} shard(s), "
+            f"{present} classes present{skipped}"
+        )
+    return lines
+
+
+@exit_on_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.shard", description=__doc__)
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS_FILE)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+
+    data = load_params(args.params).data
+    started = time.perf_counter()
+    source = open_source(data)
+    with atomic_directory(args.out) as tmp:
+        manifest = shard_source(
+            source, data.source, tmp, data.shard_max_samples, data.shard_max_bytes
+        )
+    for line in summary_lines(manifest):
+        print(line)
+    print(f"wrote {args.out} in {time.perf_counter() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

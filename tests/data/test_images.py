@@ -1,0 +1,125 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fake_raw_data import image_bytes
+from liftplus.data.images import UndecodableImage, encode_png, prepare_photo, resized_size
+
+
+def gradient(width, height) -> Image.Image:
+    x = np.linspace(0, 255, width, dtype=np.float64)[None, :, None]
+    y = np.linspace(0, 255, height, dtype=np.float64)[:, None, None]
+    rgb = np.concatenate([np.broadcast_to(x, (height, width, 1)),
+                          np.broadcast_to(y, (height, width, 1)),
+                          np.full((height, width, 1), 90.0)], axis=2)
+    return Image.fromarray(rgb.astype(np.uint8), "RGB")
+
+
+def opened(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def test_png_of_an_array_is_lossless_and_deterministic():
+    array = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    assert encode_png(array) == encode_png(array.copy())
+    assert np.array_equal(np.asarray(opened(encode_png(array))), array)
+    gray = array[..., 0]
+    assert opened(encode_png(gray)).mode == "L"
+
+
+def test_small_jpeg_is_copied_byte_for_byte():
+    raw = image_bytes(gradient(300, 200), "JPEG", quality=80)
+    stored = prepare_photo(raw, max_short_side=256)
+    assert stored.ext == "jpg"
+    assert stored.data == raw
+
+
+def test_large_jpeg_is_resized_to_the_short_side_and_stays_jpeg():
+    raw = image_bytes(gradient(600, 400), "JPEG", quality=90)
+    stored = prepare_photo(raw, max_short_side=256)
+    image = opened(stored.data)
+    assert stored.ext == "jpg" and image.format == "JPEG"
+    assert image.size == (384, 256)
+    original = np.asarray(gradient(600, 400).resize((384, 256), Image.Resampling.BICUBIC), float)
+    assert np.abs(np.asarray(image, float) - original).mean() < 3
+
+
+def test_portrait_long_side_as_torchvision_resize():
+    assert resized_size(375, 500, 256) == (256, 341)
+    assert resized_size(500, 375, 256) == (341, 256)
+    raw = image_bytes(gradient(375, 500), "PNG")
+    stored = prepare_photo(raw, max_short_side=256)
+    assert stored.ext == "png" and opened(stored.data).size == (256, 341)
+
+
+def test_zero_keeps_original_size():
+    raw = image_bytes(gradient(600, 400), "JPEG")
+    assert prepare_photo(raw, max_short_side=0).data == raw
+
+
+def test_exif_rotation_is_applied_and_jpeg_re_encoded():
+    left_red_right_blue = np.zeros((20, 40, 3), np.uint8)
+    left_red_right_blue[:, :20] = (255, 0, 0)
+    left_red_right_blue[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # row 0 is the visual right side, column 0 the visual top
+    raw = image_bytes(Image.fromarray(left_red_right_blue), "JPEG", quality=95, exif=exif)
+    stored = prepare_photo(raw, max_short_side=256)
+    assert stored.data != raw and stored.ext == "jpg"
+    upright = opened(stored.data)
+    assert upright.size == (20, 40)
+    assert upright.getexif().get(0x0112, 1) == 1
+    top, bottom = np.asarray(upright)[5, 10], np.asarray(upright)[35, 10]
+    assert top[0] > 200 and top[2] < 60
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_cmyk_jpeg_becomes_rgb_jpeg():
+    raw = image_bytes(Image.new("CMYK", (30, 20), (0, 255, 255, 0)), "JPEG")
+    stored = prepare_photo(raw, max_short_side=256)
+    image = opened(stored.data)
+    assert stored.ext == "jpg" and image.mode == "RGB"
+    r, g, b = np.asarray(image)[10, 15]
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_palette_rgba_and_la_become_eight_bit_png():
+    palette = Image.new("P", (10, 10), 3)
+    palette.putpalette([0, 0, 0] * 3 + [10, 200, 30] + [0, 0, 0] * 252)
+    rgba = Image.new("RGBA", (10, 10), (10, 20, 30, 0))
+    la = Image.new("LA", (10, 10), (77, 128))
+    for source, mode, pixel in [(palette, "RGB", (10, 200, 30)), (rgba, "RGB", (10, 20, 30)),
+                                (la, "L", 77)]:
+        stored = prepare_photo(image_bytes(source, "PNG"), max_short_side=256)
+        image = opened(stored.data)
+        assert stored.ext == "png" and image.mode == mode
+        assert np.array_equal(np.asarray(image)[5, 5], pixel)
+
+
+def test_sixteen_bit_grayscale_is_scaled_to_eight_bits():
+    values = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
+    raw = image_bytes(Image.fromarray(values), "PNG")
+    stored = prepare_photo(raw, max_short_side=256)
+    image = opened(stored.data)
+    assert image.mode == "L"
+    assert np.asarray(image).tolist() == [[0, 100, 255]]
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "BMP", "GIF", "TIFF"])
+def test_other_formats_become_png(fmt):
+    stored = prepare_photo(image_bytes(gradient(40, 30), fmt), max_short_side=256)
+    image = opened(stored.data)
+    assert stored.ext == "png" and image.format == "PNG"
+    assert image.size == (40, 30) and image.mode in ("RGB", "L")
+
+
+def test_undecodable_and_truncated_bytes_are_reported():
+    with pytest.raises(UndecodableImage):
+        prepare_photo(b"this is not an image", max_short_side=256)
+    raw = image_bytes(gradient(200, 200), "JPEG")
+    with pytest.raises(UndecodableImage, match="truncated"):
+        prepare_photo(raw[: len(raw) // 2], max_short_side=256)
