@@ -1,0 +1,43 @@
+"""Evaluation outputs: the metrics file and the rows behind its plots."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from liftplus.metrics import confusion_matrix, confusion_summary, metrics_from_confusion
+
+
+def evaluation_report(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    train_counts: Sequence[int],
+    classnames: Sequence[str],
+    tte: bool,
+) -> dict:
+    """Metrics (for ``eval.json``) plus per-class and per-sample rows (for the plots)."""
+    y_pred = logits.argmax(dim=1).tolist()
+    y_true = labels.tolist()
+    confusion = confusion_matrix(y_true, y_pred, len(classnames))
+    m = metrics_from_confusion(confusion, train_counts)
+    metrics = {
+        "accuracy": m["accuracy"],
+        "mean_class_accuracy": m["mean_class_accuracy"],
+        "many": m["many"],
+        "medium": m["medium"],
+        "few": m["few"],
+        "num_samples": len(y_true),
+        "tte": tte,
+        "classes_per_group": m["group_sizes"],
+        "most_confused": confusion_summary(confusion, classnames, top=5),
+    }
+    per_class = [
+        {"label": k, "class": classnames[k], "train_count": int(train_counts[k]), "accuracy": acc}
+        for k, acc in enumerate(m["per_class"])
+        if acc is not None
+    ]
+    predictions = [
+        {"actual": classnames[t], "predicted": classnames[p]} for t, p in zip(y_true, y_pred)
+    ]
+    return {"metrics": metrics, "per_class": per_class, "predictions": predictions}

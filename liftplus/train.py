@@ -1,0 +1,364 @@
+"""The training loop: SGD + cosine per epoch, gradient accumulation, AMP on CUDA, resume, DDP.
+
+Read it top to bottom like nanoGPT's: set up the device and precision, the
+optimizer and schedule, restore the last state if there is one, then loop
+over epochs and micro-batches, stepping once per ``batch_size`` samples.
+State is saved atomically at the end of each epoch (and when SIGINT/SIGTERM
+asks us to stop), so an interrupted run resumes where it left off and ends
+with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
+from liftplus.errors import CheckpointError, TrainingError
+from liftplus.io import atomic_path
+from liftplus.model.checkpoint import load_trainable_state
+
+STATE_FORMAT = "liftplus-train-state/1"
+
+
+@dataclass
+class RunConfig:
+    """What the loop needs to know; ``fingerprint`` ties a saved state to its run."""
+
+    epochs: int
+    lr: float
+    batch_size: int = 128
+    micro_batch: int = 128
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    workers: int = 2
+    seed: int = 0
+    deterministic: bool = True
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    fingerprint: str = ""
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    loss: float
+    accuracy: float
+    lr: float
+    images_per_second: float
+    seconds: float
+
+
+@dataclass
+class StopRequest:
+    """Set by SIGINT/SIGTERM; the loop saves its state at the next optimizer step and stops."""
+
+    signal: Optional[int] = None
+    _previous: dict = field(default_factory=dict)
+
+    def install(self) -> "StopRequest":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+
+class Interrupted(Exception):
+    """Training stopped on request after saving its state."""
+
+
+def run_fingerprint(**parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def pick_device(name: str, dist_info: Distributed) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise TrainingError("train.device is 'cuda' but no CUDA device is available")
+        return torch.device("cuda", dist_info.local_rank)
+    return torch.device("cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """Mixed precision on CUDA only: CPU autocast is slow with the stock attention (see DESIGN)."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def set_determinism(seed: int, deterministic: bool) -> None:
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def distributed_from_env() -> Distributed:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed()
+    return Distributed(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_distributed(info: Distributed, device: torch.device) -> None:
+    if info.world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+
+
+def save_state(path: Path, *, epoch: int, batch: int, model: nn.Module, optimizer, scheduler, scaler, cfg: RunConfig) -> None:
+    state = {
+        "format": STATE_FORMAT,
+        "fingerprint": cfg.fingerprint,
+        "epoch": epoch,
+        "batch": batch,
+        "trainable": trainable_state(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "torch_rng": torch.get_rng_state(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path, cfg: RunConfig) -> Optional[dict]:
+    """The saved state of this same run, or None (a state of another run is ignored)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: unreadable training state ({str(exc).splitlines()[0]}); delete it to start over") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a liftplus training state; delete it to start over")
+    if state.get("fingerprint") != cfg.fingerprint:
+        return None
+    return state
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in _unwrap(model).trainable_state_dict().items()}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def fit(
+    model: nn.Module,
+    dataset: ShardIndex,
+    loss_fn: nn.Module,
+    cfg: RunConfig,
+    state_path: Path,
+    on_epoch: Optional[Callable[[EpochLog], None]] = None,
+    dist_info: Optional[Distributed] = None,
+    stop: Optional[StopRequest] = None,
+    progress: bool = True,
+) -> list[EpochLog]:
+    """Train ``model``'s trainable parameters in place; return one log per epoch run now."""
+    if cfg.epochs == 0:
+        return []
+    dist_info = dist_info or Distributed()
+    device = pick_device(cfg.device, dist_info)
+    init_distributed(dist_info, device)
+    set_determinism(cfg.seed, cfg.deterministic)
+    amp_dtype = autocast_dtype(cfg.precision, device)
+
+    accum_steps, remainder = divmod(cfg.batch_size, cfg.micro_batch * dist_info.world)
+    if remainder or accum_steps == 0:
+        raise TrainingError(
+            f"train.batch_size {cfg.batch_size} must be a multiple of micro_batch {cfg.micro_batch}"
+            f" x {dist_info.world} process(es)"
+        )
+
+    model.to(device)
+    loss_fn.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        foreach=device.type == "cuda",
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    start_epoch, start_batch = 0, 0
+    state = load_state(state_path, cfg)
+    if state is not None:
+        load_trainable_state(_unwrap(model), state["trainable"], source=str(state_path))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, start_batch = state["epoch"], state["batch"]
+        if dist_info.is_main and start_epoch < cfg.epochs:
+            print(f"resuming from {state_path}: epoch {start_epoch + 1}, batch {start_batch}")
+
+    step_model = model
+    if dist_info.world > 1:
+        step_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        step_model = torch.compile(step_model)
+
+    sampler = EpochBatchSampler(
+        len(dataset), cfg.micro_batch, shuffle=True, seed=cfg.seed,
+        rank=dist_info.rank, world=dist_info.world,
+    )
+    loader = make_loader(dataset, sampler, cfg.workers, pin_memory=device.type == "cuda")
+    num_batches = len(sampler)
+
+    logs: list[EpochLog] = []
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch, start_batch)
+        model.train()
+        lr = optimizer.param_groups[0]["lr"]
+        seen, loss_sum, correct, started = 0, 0.0, 0, time.perf_counter()
+        bar = tqdm(
+            total=num_batches, initial=start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (progress and dist_info.is_main), mininterval=1.0, leave=False,
+        )
+        for batch_idx, (images, labels) in enumerate(loader, start=start_batch):
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            last_of_step = (batch_idx + 1) % accum_steps == 0 or batch_idx + 1 == num_batches
+            sync = contextlib.nullcontext() if last_of_step or dist_info.world == 1 else step_model.no_sync()
+            with sync, torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = step_model(images)
+                loss = loss_fn(logits.float(), labels)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"train: loss is {loss.item()} at epoch {epoch + 1}, batch {batch_idx + 1}"
+                    f" (lr {lr:g}); lower train.lr or check the data"
+                )
+            scaled = loss / accum_steps
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            if last_of_step:
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            n = labels.numel()
+            seen += n
+            loss_sum += loss.item() * n
+            correct += (logits.argmax(dim=1) == labels).sum().item()
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}",
+                            img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
+            bar.update()
+
+            if last_of_step and stop is not None and stop.signal is not None:
+                if dist_info.is_main:
+                    save_state(state_path, epoch=epoch, batch=batch_idx + 1, model=model,
+                               optimizer=optimizer, scheduler=scheduler, scaler=scaler, cfg=cfg)
+                bar.close()
+                raise Interrupted(f"stopped by signal {stop.signal} at epoch {epoch + 1}, batch {batch_idx + 1}; state saved to {state_path}")
+        bar.close()
+        scheduler.step()
+        start_batch = 0
+        if dist_info.is_main:
+            save_state(state_path, epoch=epoch + 1, batch=0, model=model,
+                       optimizer=optimizer, scheduler=scheduler, scaler=scaler, cfg=cfg)
+        elapsed = time.perf_counter() - started
+        log = EpochLog(epoch + 1, loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), lr,
+                       seen / max(elapsed, 1e-9), elapsed)
+        logs.append(log)
+        if dist_info.is_main and on_epoch is not None:
+            on_epoch(log)
+    return logs
+
+
+@torch.inference_mode()
+def _inference(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    dataset: ShardIndex,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    precision: str,
+    progress: bool,
+    desc: str,
+    subset: Optional[list[int]] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``forward`` on every sample (or ``subset``) in order, with the labels.
+
+    A sample may be a stack of crops (TTE: ``(n_crops, C, H, W)``); the crops of
+    a batch go through the model as one ``n_crops * B`` forward and their
+    outputs are averaged, as the reference averages the logits of each crop.
+    """
+    amp_dtype = autocast_dtype(precision, device)
+    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=False, subset=subset)
+    loader = make_loader(dataset, sampler, workers, pin_memory=device.type == "cuda")
+    outputs, all_labels = [], []
+    for images, labels in tqdm(loader, desc=desc, disable=not progress, mininterval=1.0, leave=False):
+        images = images.to(device, non_blocking=True)
+        crops = images.dim() == 5
+        if crops:
+            b, n = images.shape[:2]
+            images = images.flatten(0, 1)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = forward(images).float()
+        if crops:
+            out = out.view(b, n, -1).mean(dim=1)
+        outputs.append(out.cpu())
+        all_labels.append(labels)
+    return torch.cat(outputs), torch.cat(all_labels)
+
+
+def predict_logits(
+    model: nn.Module, dataset: ShardIndex, batch_size: int, workers: int, device: torch.device,
+    precision: str = "auto", progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (TTE-averaged for stacked crops) and labels of every sample, in dataset order."""
+    model.to(device).eval()
+    return _inference(model, dataset, batch_size, workers, device, precision, progress, "evaluate")
+
+
+def predict_features(
+    model: nn.Module, dataset: ShardIndex, subset: list[int], batch_size: int, workers: int,
+    device: torch.device, precision: str = "auto", progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head-input features and labels of the samples in ``subset``."""
+    model.to(device).eval()
+    return _inference(model.features, dataset, batch_size, workers, device, precision, progress, "features", subset)

@@ -1,0 +1,67 @@
+"""evaluate stage: test-split accuracy overall, per class and per many/medium/few group."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from pathlib import Path
+
+from liftplus.data.loader import ShardIndex
+from liftplus.data.manifest import read_manifest, shard_paths
+from liftplus.data.transforms import test_transform, tte_transform
+from liftplus.errors import DataError, exit_on_error
+from liftplus.evaluate import evaluation_report
+from liftplus.io import write_json, write_text
+from liftplus.model.checkpoint import model_from_checkpoint
+from liftplus.params import load_params
+from liftplus.train import Distributed, pick_device, predict_logits
+
+
+def csv_text(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["empty"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+@exit_on_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--shards", default="data/shards")
+    parser.add_argument("--model", default="data/model/adapter.pt")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--out", default="data/metrics")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params).evaluate
+    shard_dir = Path(args.shards)
+    manifest = read_manifest(shard_dir / "manifest.json")
+    if args.split not in manifest["splits"]:
+        raise DataError(f"{shard_dir / 'manifest.json'}: no '{args.split}' split to evaluate on")
+    classnames = manifest["classnames"]
+    model, _, _ = model_from_checkpoint(args.model, num_classes=len(classnames))
+    pre = model.preprocess
+    if params.tte:
+        transform = tte_transform(pre.image_size, pre.mean, pre.std, expand=params.tte_expand)
+    else:
+        transform = test_transform(pre.image_size, pre.mean, pre.std)
+    dataset = ShardIndex(shard_paths(manifest, shard_dir, args.split), transform, num_classes=len(classnames))
+    device = pick_device("auto", Distributed())
+    logits, labels = predict_logits(model, dataset, params.batch_size, params.workers, device, params.precision)
+
+    report = evaluation_report(logits, labels, manifest["splits"]["train"]["class_counts"], classnames, params.tte)
+    out = Path(args.out)
+    write_text(out / "per_class.csv", csv_text(report["per_class"]))
+    write_text(out / "predictions.csv", csv_text(report["predictions"]))
+    write_json(out / "eval.json", report["metrics"])
+    m = report["metrics"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    print(f"evaluate ({args.split}, {'TTE' if params.tte else 'centre crop'}): accuracy {fmt(m['accuracy'])}  "
+          f"mean/class {fmt(m['mean_class_accuracy'])}  many {fmt(m['many'])}  medium {fmt(m['medium'])}  few {fmt(m['few'])}")
+
+
+if __name__ == "__main__":
+    main()

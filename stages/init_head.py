@@ -1,0 +1,43 @@
+"""init_head stage: class-name prompts through the text tower, mapped into the image feature space."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from liftplus.data.manifest import read_manifest
+from liftplus.errors import exit_on_error
+from liftplus.head_init import save_text_init
+from liftplus.model.backbone import backbone_fingerprint, load_backbone
+from liftplus.model.text import encode_text_init
+from liftplus.params import load_params
+
+
+@exit_on_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.init_head", description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--shards", default="data/shards")
+    parser.add_argument("--out", default="data/head/text_init.pt")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    manifest = read_manifest(Path(args.shards) / "manifest.json")
+    classnames = manifest["classnames"]
+    backbone, _ = load_backbone(params.model.name, params.model.pretrained)
+    weight, text_features = encode_text_init(
+        backbone, classnames, params.init_head.template, params.init_head.batch_size, model_name=params.model.name
+    )
+    save_text_init(
+        args.out,
+        weight=weight,
+        text_features=text_features,
+        classnames=classnames,
+        template=params.init_head.template,
+        fingerprint=backbone_fingerprint(params.model.name, params.model.pretrained),
+    )
+    print(f"init_head: {len(classnames)} class embeddings ({weight.shape[1]}-d) → {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""train stage: fine-tune the PEFT modules and the head on the training shards.
+
+Runs alone (``python -m stages.train``) or on several processes
+(``torchrun --nproc_per_node N -m stages.train``); rank 0 logs and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+
+from liftplus.data.manifest import read_manifest, shard_paths, verify_checksums
+from liftplus.errors import exit_on_error
+from liftplus.params import load_params, resolved_train
+from liftplus.train import EpochLog, Interrupted, StopRequest, fit
+from liftplus.training_run import finish_training, prepare_training
+
+
+def dvclive_logger(live_dir: str, resume: bool, epochs: int):
+    from dvclive import Live
+
+    live = Live(live_dir, resume=resume, save_dvc_exp=False, dvcyaml=None)
+
+    def log_epoch(log: EpochLog) -> None:
+        live.step = log.epoch
+        live.log_metric("train/loss", log.loss)
+        live.log_metric("train/accuracy", log.accuracy)
+        live.log_metric("train/lr", log.lr)
+        live.log_metric("train/images_per_second", log.images_per_second)
+        live.next_step()
+        print(f"epoch {log.epoch}/{epochs}: loss {log.loss:.4f}  acc {log.accuracy:.2f}%  "
+              f"lr {log.lr:.4g}  {log.images_per_second:.0f} img/s", flush=True)
+
+    return live, log_epoch
+
+
+@exit_on_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--shards", default="data/shards")
+    parser.add_argument("--head", default="data/head/text_init.pt")
+    parser.add_argument("--out", default="data/model/adapter.pt")
+    parser.add_argument("--state", default="data/train_state/last.pt")
+    parser.add_argument("--live", default="dvclive/train")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    train = resolved_train(params.train)
+    shard_dir = Path(args.shards)
+    manifest = read_manifest(shard_dir / "manifest.json")
+    if train.verify_checksums:
+        verify_checksums(manifest, shard_dir, splits=["train"])
+    run = prepare_training(params, train, manifest, shard_paths(manifest, shard_dir, "train"), Path(args.head))
+    state_path = Path(args.state)
+
+    live, on_epoch = (None, None)
+    if run.dist.is_main:
+        live, on_epoch = dvclive_logger(args.live, run.resumes_from(state_path), run.config.epochs)
+    stop = StopRequest().install()
+    try:
+        with live or contextlib.nullcontext():
+            fit(run.model, run.dataset, run.loss, run.config, state_path,
+                on_epoch=on_epoch, dist_info=run.dist, stop=stop)
+    except Interrupted as exc:
+        raise SystemExit(f"train: {exc}; rerun to resume") from None
+    finally:
+        stop.restore()
+    if run.dist.is_main:
+        finish_training(run, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()

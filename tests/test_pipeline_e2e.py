@@ -1,0 +1,60 @@
+"""`dvc repro` of the whole pipeline on a tiny learnable dataset, in a throw-away copy of the project."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from pipeline_project import learnable_fashion_mnist, make_project, run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    raw = learnable_fashion_mnist(base / "raw")
+    return make_project(base / "project", raw)
+
+
+@pytest.fixture(scope="module")
+def reproduced(project):
+    result = run(["dvc", "repro", "evaluate"], project)
+    return project, result
+
+
+def test_repro_runs_every_stage_to_evaluate(reproduced):
+    project, result = reproduced
+    for stage in ("shard", "validate", "init_head", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in result.stdout
+
+    manifest = json.loads((project / "data/shards/manifest.json").read_text())
+    expected_counts = [int(60 * 0.1 ** (i / 9)) for i in range(10)]
+    assert manifest["splits"]["train"]["class_counts"] == expected_counts
+    assert manifest["splits"]["test"]["num_samples"] == 100
+
+    stats = json.loads((project / "data/stats/longtail.json").read_text())
+    assert stats["imbalance_ratio"] == pytest.approx(expected_counts[0] / expected_counts[-1])
+
+    metrics = json.loads((project / "data/metrics/eval.json").read_text())
+    with open(project / "data/metrics/predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == metrics["num_samples"] == 100
+    correct = sum(r["actual"] == r["predicted"] for r in rows)
+    assert metrics["accuracy"] == pytest.approx(correct)  # 100 test images: percent == count
+    # counts 60..6: no class has more than 100 images, five have 20-100, five fewer than 20
+    assert metrics["many"] is None
+    assert metrics["classes_per_group"] == {"many": 0, "medium": 5, "few": 5}
+    assert 0 <= metrics["few"] <= 100 and 0 <= metrics["medium"] <= 100
+    assert (project / "data/model/adapter.pt").stat().st_size < 2_000_000
+
+
+def test_second_repro_is_a_noop_and_status_clean(reproduced):
+    project, _ = reproduced
+    again = run(["dvc", "repro", "evaluate"], project)
+    assert "Running stage" not in again.stdout
+    assert "up to date" in again.stdout
+    status = run(["dvc", "status"], project)
+    assert "up to date" in status.stdout
