@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from liftplus.errors import DataError
 
 MANY_ABOVE = 100
 """A class with more than this many training images is a *many* class."""
@@ -26,3 +29,94 @@ def class_groups(train_counts: Sequence[int]) -> dict[str, list[int]]:
     for label, count in enumerate(train_counts):
         groups[group_of(int(count))].append(label)
     return groups
+
+
+def longtail_stats(class_counts: Sequence[int]) -> dict[str, Any]:
+    """Long-tail statistics of one split's per-class image counts (indexed by label).
+
+    A class with no image leaves the imbalance ratio undefined: it is reported as
+    ``None`` (JSON null) and the class is listed in ``empty_classes``; every other
+    figure is still computed. Shares are ``None`` for a split with no image at all.
+    """
+    counts = [int(c) for c in class_counts]
+    if not counts:
+        raise DataError("class counts are empty: no class to compute statistics for")
+    negative = [label for label, count in enumerate(counts) if count < 0]
+    if negative:
+        raise DataError(f"class counts must be >= 0, label {negative[0]} has {counts[negative[0]]}")
+    num_samples = sum(counts)
+    largest, smallest = max(counts), min(counts)
+    groups = class_groups(counts)
+
+    def share(group: str) -> float | None:
+        if num_samples == 0:
+            return None
+        return sum(counts[label] for label in groups[group]) / num_samples
+
+    return {
+        "num_classes": len(counts),
+        "num_samples": num_samples,
+        "max": largest,
+        "min": smallest,
+        "imbalance_ratio": largest / smallest if smallest > 0 else None,
+        "many": len(groups["many"]),
+        "medium": len(groups["medium"]),
+        "few": len(groups["few"]),
+        "head_share": share("many"),
+        "tail_share": share("few"),
+        "empty_classes": [label for label, count in enumerate(counts) if count == 0],
+    }
+
+
+METRIC_KEYS = (
+    "num_classes", "num_samples", "max", "min", "imbalance_ratio",
+    "many", "medium", "few", "head_share", "tail_share",
+)
+"""The statistics the validate stage reports as DVC metrics."""
+
+
+def longtail_metrics(counts_by_split: Mapping[str, Sequence[int]], train_split: str = "train") -> dict:
+    """Metrics of a dataset: the training split's statistics, plus each split's size."""
+    stats = longtail_stats(counts_by_split[train_split])
+    metrics: dict[str, Any] = {key: stats[key] for key in METRIC_KEYS}
+    metrics["splits"] = {
+        split: {"num_samples": sum(int(c) for c in counts)} for split, counts in counts_by_split.items()
+    }
+    return metrics
+
+
+def count_curve(class_counts: Sequence[int], classnames: Sequence[str]) -> list[dict[str, Any]]:
+    """The class-count curve: one row per class, most images first (ties by label)."""
+    order = sorted(range(len(class_counts)), key=lambda label: (-int(class_counts[label]), label))
+    return [
+        {"rank": rank, "label": label, "class": classnames[label], "count": int(class_counts[label])}
+        for rank, label in enumerate(order, start=1)
+    ]
+
+
+def counts_from_split_list(path: str | Path) -> list[int]:
+    """Per-class image counts of a split-list file (``relative/path.jpg label`` lines).
+
+    The class count is the largest label + 1; a label that no line uses counts 0.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: split list not found")
+    counts: list[int] = []
+    with open(path, encoding="utf-8") as lines:
+        for line_number, line in enumerate(lines, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            fields = line.rsplit(None, 1)
+            if len(fields) != 2 or not fields[1].isdigit():
+                raise DataError(
+                    f"{path}:{line_number}: expected 'relative/path label' with a label >= 0, got {line!r}"
+                )
+            label = int(fields[1])
+            if label >= len(counts):
+                counts.extend([0] * (label + 1 - len(counts)))
+            counts[label] += 1
+    if not counts:
+        raise DataError(f"{path}: split list has no 'relative/path label' line")
+    return counts

@@ -1,0 +1,68 @@
+"""Stage `validate`: check the shards against the data expectations, then write the
+long-tail metrics and the class-count curve.
+
+    python -m stages.validate [--params params.yaml] [--shards data/shards] [--out data/stats]
+
+A failed expectation prints one line per failure and exits 1; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+from liftplus.data.expectations import TRAIN_SPLIT, ValidationReport, validate_shards
+from liftplus.data.longtail import count_curve, longtail_metrics
+from liftplus.errors import ValidationFailed, exit_on_error
+from liftplus.io import atomic_path, write_json
+from liftplus.params import load_params
+
+CURVE_COLUMNS = ("rank", "label", "class", "count")
+
+
+def print_failures(report: ValidationReport, shard_dir: Path) -> None:
+    print(f"validate: {len(report.failures)} of {report.num_expectations} expectations failed "
+          f"on {shard_dir}", file=sys.stderr)
+    for failure in report.failures:
+        print(f"  - {failure}", file=sys.stderr)
+
+
+def write_outputs(report: ValidationReport, out_dir: Path) -> tuple[Path, Path]:
+    metrics_path, curve_path = out_dir / "longtail.json", out_dir / "class_counts.csv"
+    train_counts = report.manifest["splits"][TRAIN_SPLIT]["class_counts"]
+    with atomic_path(curve_path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(count_curve(train_counts, report.manifest["classnames"]))
+    write_json(metrics_path, longtail_metrics(report.counts_by_split(), TRAIN_SPLIT))
+    return metrics_path, curve_path
+
+
+@exit_on_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.validate", description=__doc__.split("\n")[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--shards", type=Path, default=Path("data/shards"))
+    parser.add_argument("--out", type=Path, default=Path("data/stats"))
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    started = time.perf_counter()
+    report = validate_shards(args.shards, sample_size=params.validate_.sample_size,
+                             verify_checksums=params.validate_.verify_checksums,
+                             max_short_side=params.data.max_short_side)
+    if not report.success:
+        print_failures(report, args.shards)
+        raise ValidationFailed(f"validate: {len(report.failures)} expectation(s) failed")
+    written = write_outputs(report, args.out)
+    decoded = ", ".join(f"{split} {n}" for split, n in report.decoded.items())
+    print(f"validate: {report.num_expectations} expectations passed on {args.shards} "
+          f"(decoded {decoded}) in {time.perf_counter() - started:.1f} s; "
+          f"wrote {', '.join(map(str, written))}")
+
+
+if __name__ == "__main__":
+    main()
