@@ -1,0 +1,50 @@
+"""Class-name text embeddings: the semantic head init and the zero-shot classifier."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+def class_prompts(classnames: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list[str]:
+    """One prompt per class, underscores in names read as spaces (as the reference)."""
+    return [template.format(name.replace("_", " ")) for name in classnames]
+
+
+def encode_text_init(
+    model: nn.Module,
+    classnames: Sequence[str],
+    template: str = DEFAULT_TEMPLATE,
+    batch_size: int = 256,
+    model_name: Optional[str] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode the class prompts with the frozen text tower of ``model``.
+
+    ``model`` is a :class:`~liftplus.model.build.LiftModel` (its config names
+    the tokenizer) or a bare open_clip model with ``model_name`` given.
+
+    Returns ``(weights, text_features)``:
+    ``text_features`` [K, embed_dim] are the projected text embeddings
+    (``encode_text``, normalised), used by the zero-shot head; ``weights``
+    [K, image width] are those mapped back into the image feature space
+    through the image projection, ``normalize(text_features @ proj.T)``, the
+    semantic init of the classifier (reference: ``init_classifier_weight``).
+    """
+    backbone = getattr(model, "backbone", model)
+    tokenizer = open_clip.get_tokenizer(model_name or model.config.name)
+    prompts = class_prompts(classnames, template)
+    device = backbone.visual.proj.device
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(prompts), batch_size):
+            tokens = tokenizer(prompts[start:start + batch_size]).to(device)
+            chunks.append(backbone.encode_text(tokens).float())
+        text_features = F.normalize(torch.cat(chunks), dim=-1)
+        weights = F.normalize(text_features @ backbone.visual.proj.float().T, dim=-1)
+    return weights.clone(), text_features.clone()
