@@ -30,7 +30,7 @@ from liftplus.errors import CheckpointError, TrainingError
 from liftplus.io import atomic_path
 from liftplus.model.checkpoint import load_trainable_state
 
-STATE_FORMAT = "liftplus-train-state/1"
+STATE_FORMAT = "liftplus-train-state/2"
 
 
 @dataclass
@@ -142,12 +142,14 @@ def init_distributed(info: Distributed, device: torch.device) -> None:
             torch.cuda.set_device(device)
 
 
-def save_state(path: Path, *, epoch: int, batch: int, model: nn.Module, optimizer, scheduler, scaler, cfg: RunConfig) -> None:
+def save_state(path: Path, *, epoch: int, step: int, model: nn.Module, optimizer, scheduler, scaler, cfg: RunConfig) -> None:
+    """``step``: optimizer steps done in ``epoch``; unlike a micro-batch index it means the same
+    samples whatever the number of processes, so a run may resume on another world size."""
     state = {
         "format": STATE_FORMAT,
         "fingerprint": cfg.fingerprint,
         "epoch": epoch,
-        "batch": batch,
+        "step": step,
         "trainable": trainable_state(model),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -179,6 +181,19 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def stop_requested(stop: Optional[StopRequest], dist_info: Distributed, device: torch.device) -> bool:
+    """Whether any rank was asked to stop: all ranks must stop at the same step, or the
+    ones that go on wait forever in the next all-reduce (and rank 0 may never save)."""
+    if stop is None:
+        return False
+    requested = stop.signal is not None
+    if dist_info.world > 1:
+        flag = torch.tensor([int(requested)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        requested = bool(flag.item())
+    return requested
 
 
 def fit(
@@ -218,7 +233,7 @@ def fit(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
-    start_epoch, start_batch = 0, 0
+    start_epoch, start_step = 0, 0
     state = load_state(state_path, cfg)
     if state is not None:
         load_trainable_state(_unwrap(model), state["trainable"], source=str(state_path))
@@ -227,9 +242,9 @@ def fit(
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
-        start_epoch, start_batch = state["epoch"], state["batch"]
+        start_epoch, start_step = state["epoch"], state["step"]
         if dist_info.is_main and start_epoch < cfg.epochs:
-            print(f"resuming from {state_path}: epoch {start_epoch + 1}, batch {start_batch}")
+            print(f"resuming from {state_path}: epoch {start_epoch + 1}, step {start_step}")
 
     step_model = model
     if dist_info.world > 1:
@@ -245,6 +260,7 @@ def fit(
     )
     loader = make_loader(dataset, sampler, cfg.workers, pin_memory=device.type == "cuda")
     num_batches = len(sampler)
+    start_batch = min(start_step * accum_steps, num_batches)
 
     logs: list[EpochLog] = []
     for epoch in range(start_epoch, cfg.epochs):
@@ -288,17 +304,18 @@ def fit(
                             img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
             bar.update()
 
-            if last_of_step and stop is not None and stop.signal is not None:
+            if last_of_step and stop_requested(stop, dist_info, device):
                 if dist_info.is_main:
-                    save_state(state_path, epoch=epoch, batch=batch_idx + 1, model=model,
+                    save_state(state_path, epoch=epoch, step=-(-(batch_idx + 1) // accum_steps), model=model,
                                optimizer=optimizer, scheduler=scheduler, scaler=scaler, cfg=cfg)
                 bar.close()
-                raise Interrupted(f"stopped by signal {stop.signal} at epoch {epoch + 1}, batch {batch_idx + 1}; state saved to {state_path}")
+                why = f"signal {stop.signal}" if stop.signal is not None else "a signal to another rank"
+                raise Interrupted(f"stopped by {why} at epoch {epoch + 1}, batch {batch_idx + 1}; state saved to {state_path}")
         bar.close()
         scheduler.step()
         start_batch = 0
         if dist_info.is_main:
-            save_state(state_path, epoch=epoch + 1, batch=0, model=model,
+            save_state(state_path, epoch=epoch + 1, step=0, model=model,
                        optimizer=optimizer, scheduler=scheduler, scaler=scaler, cfg=cfg)
         elapsed = time.perf_counter() - started
         log = EpochLog(epoch + 1, loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), lr,

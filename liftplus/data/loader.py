@@ -68,6 +68,8 @@ def index_shard(path: str | Path, shard_id: int = 0) -> list[IndexedSample]:
                     raise DataError(f"{path}: truncated tar (member {member.name} runs past the end)")
                 key, ext = _split_name(member.name)
                 if ext in IMAGE_EXTENSIONS:
+                    if key in images:
+                        raise DataError(f"{path}: sample {key} has more than one image")
                     images[key] = (member.offset_data, member.size, ext)
                     order.append(key)
                 elif ext == "cls":
@@ -217,9 +219,9 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
             order = list(range(self.num_samples))
         if self.subset is not None:
             order = [self.subset[i] for i in order]
-        if self.world > 1:
-            per_rank = math.ceil(self.num_samples / self.world)
-            order += order[: per_rank * self.world - len(order)]
+        if self.world > 1 and order:
+            total = math.ceil(self.num_samples / self.world) * self.world
+            order = (order * math.ceil(total / len(order)))[:total]  # pad by wrapping around, as DistributedSampler
             order = order[self.rank :: self.world]
         return order
 
@@ -247,4 +249,7 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
+        # Worker seeds come from here, not from torch's global RNG, which stays the model's
+        # alone (dropout), so a run resumed mid-epoch continues the same random stream.
+        generator=torch.Generator(),
     )
