@@ -1,0 +1,235 @@
+"""A parameter sweep as DVC experiments, driven by Prefect, with the best one named.
+
+Every point of the grid is queued with ``dvc exp run --queue -S key=value ...``;
+``dvc exp run --run-all -j JOBS`` then runs the queue (DVC's own workers, each
+experiment in a temporary copy of the repo) and waits for it. The results come
+from ``dvc exp show --json``, so the sweep compares exactly what ``dvc exp show``
+lists; nothing in the workspace changes. ``dvc exp apply <best>`` brings the
+winner into the workspace.
+
+A metric is named ``FILE:KEY`` as DVC shows it (``data/metrics/eval.json:accuracy``,
+nested keys with dots), or by its bare KEY when only one metrics file has it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from rich.console import Console
+from rich.table import Table
+
+from flows.dvc_tasks import (
+    DvcCommandFailed,
+    experiment_names,
+    flatten_metrics,
+    retry_if_transient,
+    run_dvc,
+    run_dvc_json,
+    run_logger,
+    set_param_args,
+)
+
+DEFAULT_GRID: dict[str, list[Any]] = {"train.lr": [0.01, 0.02], "train.loss": ["la", "ce"]}
+DEFAULT_METRIC = "data/metrics/eval.json:accuracy"
+SWEEP_ARTIFACT_KEY = "liftplus-sweep"
+PARAMS_FILE = "params.yaml"
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, the first key varying slowest."""
+    if not grid:
+        raise ValueError("the sweep grid is empty")
+    for key, values in grid.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ValueError(f"sweep grid: '{key}' needs a non-empty list of values, got {values!r}")
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def metric_value(metrics_by_file: dict[str, Any] | None, metric: str) -> Any:
+    """The value of ``FILE:KEY`` (or a bare ``KEY``) in DVC's metrics JSON, None if absent."""
+    flat = flatten_metrics(metrics_by_file)
+    if ":" in metric:
+        return flat.get(metric)
+    found = [value for name, value in flat.items() if name.partition(":")[2] == metric]
+    if len(found) > 1:
+        files = sorted(name.partition(":")[0] for name in flat if name.partition(":")[2] == metric)
+        raise ValueError(f"metric '{metric}' is in several files ({', '.join(files)}); name it FILE:{metric}")
+    return found[0] if found else None
+
+
+def param_value(params_by_file: dict[str, Any] | None, key: str) -> Any:
+    """The value of ``KEY`` (``FILE:KEY`` for a file other than params.yaml) in DVC's params JSON."""
+    file, sep, dotted = key.rpartition(":")
+    file = file if sep else PARAMS_FILE
+    value: Any = ((params_by_file or {}).get(file) or {}).get("data")
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def experiment_rows(
+    shown: list[dict[str, Any]], names: list[str], keys: list[str], metric: str
+) -> list[dict[str, Any]]:
+    """One row per named experiment from ``dvc exp show --json``: name, status, params, metric."""
+    found: dict[str, dict[str, Any]] = {}
+    for baseline in shown or []:
+        for experiment in baseline.get("experiments") or []:
+            status = ((experiment.get("executor") or {}).get("state")) or "success"
+            for rev in experiment.get("revs") or []:
+                data = rev.get("data") or {}
+                found[rev.get("name") or experiment.get("name")] = {
+                    "name": rev.get("name") or experiment.get("name"),
+                    "rev": rev.get("rev"),
+                    "status": "failed" if rev.get("error") else status,
+                    "params": {key: param_value(data.get("params"), key) for key in keys},
+                    "metric": metric_value(data.get("metrics"), metric),
+                }
+    return [found.get(name) or {"name": name, "rev": None, "status": "missing",
+                                "params": {}, "metric": None} for name in names]
+
+
+def pick_best(rows: list[dict[str, Any]], maximize: bool = True) -> Optional[dict[str, Any]]:
+    """The row with the best numeric metric (first one on ties), None if no row has one."""
+    scored = [row for row in rows
+              if isinstance(row["metric"], (int, float)) and not isinstance(row["metric"], bool)]
+    if not scored:
+        return None
+    key = (lambda row: row["metric"]) if maximize else (lambda row: -row["metric"])
+    return max(scored, key=key)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def sweep_markdown(
+    rows: list[dict[str, Any]], keys: list[str], metric: str, best: Optional[dict], maximize: bool
+) -> str:
+    goal = "highest" if maximize else "lowest"
+    lines = [
+        "# liftplus sweep",
+        "",
+        f"Best ({goal} `{metric}`): **{best['name']}** = {_cell(best['metric'])}" if best
+        else f"No experiment produced `{metric}`.",
+        "",
+        "| experiment | status | " + " | ".join(keys) + f" | {metric} |",
+        "|---|---|" + "---|" * len(keys) + "---:|",
+    ]
+    for row in rows:
+        mark = " ★" if best is not None and row["name"] == best["name"] else ""
+        params = [_cell(row["params"].get(key)) for key in keys]
+        cells = [f"{row['name']}{mark}", row["status"], *params, _cell(row["metric"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_table(rows: list[dict[str, Any]], keys: list[str], metric: str, best: Optional[dict]) -> Table:
+    table = Table(title="liftplus sweep")
+    for column in ("experiment", "status", *keys):
+        table.add_column(column)
+    table.add_column(metric, justify="right")
+    for row in rows:
+        is_best = best is not None and row["name"] == best["name"]
+        table.add_row(
+            row["name"], row["status"], *(_cell(row["params"].get(k)) for k in keys), _cell(row["metric"]),
+            style="bold green" if is_best else None,
+        )
+    return table
+
+
+@task(task_run_name="dvc-exp-queue", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=retry_if_transient)
+def queue_experiment(point: dict[str, Any], repo: str) -> str:
+    """Queue one experiment; return the name DVC gave it."""
+    names = experiment_names(run_dvc(["exp", "run", "--queue", *set_param_args(point)], repo).output)
+    if not names:
+        raise RuntimeError(f"dvc exp run --queue did not name the experiment for {point}")
+    return names[-1]
+
+
+@task(task_run_name="dvc-exp-run-all", cache_policy=NO_CACHE)
+def run_queue(jobs: int, repo: str) -> None:
+    """Run everything queued, ``jobs`` experiments at a time, and wait until it is done."""
+    run_dvc(["exp", "run", "--run-all", "--jobs", str(jobs)], repo)
+
+
+@task(task_run_name="dvc-exp-show", cache_policy=NO_CACHE)
+def collect_results(names: list[str], keys: list[str], metric: str, repo: str) -> list[dict[str, Any]]:
+    return experiment_rows(run_dvc_json(["exp", "show"], repo), names, keys, metric)
+
+
+@flow(name="liftplus-sweep")
+def liftplus_sweep(
+    grid: Optional[dict[str, list[Any]]] = None,
+    metric: str = DEFAULT_METRIC,
+    maximize: bool = True,
+    jobs: int = 1,
+    repo: str = ".",
+) -> dict[str, Any]:
+    """Queue one DVC experiment per grid point, run them, and name the best by ``metric``.
+
+    ``grid`` defaults to :data:`DEFAULT_GRID`. Returns ``{"best": name, "metric":
+    metric, "value": best value, "experiments": [rows]}`` and publishes the table
+    as the markdown artifact ``liftplus-sweep``.
+    """
+    logger = run_logger()
+    grid = grid or DEFAULT_GRID
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    root = str(Path(repo).resolve())
+    keys = list(grid)
+    points = grid_points(grid)
+    logger.info("queueing %d experiments over %s", len(points), ", ".join(keys))
+    names = [queue_experiment(point, root) for point in points]
+    run_queue(jobs, root)
+    rows = collect_results(names, keys, metric, root)
+    best = pick_best(rows, maximize)
+
+    Console().print(sweep_table(rows, keys, metric, best))
+    create_markdown_artifact(
+        markdown=sweep_markdown(rows, keys, metric, best, maximize),
+        key=SWEEP_ARTIFACT_KEY,
+        description=f"liftplus sweep over {', '.join(keys)} by {metric}",
+    )
+    failed = [row["name"] for row in rows if row["status"] != "success"]
+    if failed:
+        logger.warning("experiments that did not succeed: %s (see `dvc queue logs NAME`)", ", ".join(failed))
+    if best is None:
+        raise RuntimeError(f"no experiment of the sweep produced the metric '{metric}'")
+    logger.info("best experiment: %s (%s = %s); `dvc exp apply %s` brings it into the workspace",
+                best["name"], metric, best["metric"], best["name"])
+    return {"best": best["name"], "metric": metric, "value": best["metric"], "experiments": rows}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", type=json.loads, default=None,
+                        help='JSON object of lists, e.g. \'{"train.lr": [0.01, 0.02]}\'')
+    parser.add_argument("--metric", default=DEFAULT_METRIC)
+    parser.add_argument("--minimize", action="store_true")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--repo", default=".")
+    args = parser.parse_args(argv)
+    try:
+        liftplus_sweep(grid=args.grid, metric=args.metric, maximize=not args.minimize,
+                       jobs=args.jobs, repo=args.repo)
+    except (DvcCommandFailed, ValueError, RuntimeError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Fixtures for the flow tests: one temporary Prefect API for the session, and a
+small fake DVC project (a temp git repo whose six stages are tiny python commands)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+if str(PROJECT_ROOT) not in sys.path:  # `flows` is not an installed package
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+# Before anything imports prefect: offline, and no state outside temp dirs.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="liftplus-prefect-home-"))
+for _name, _value in {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_LOGGING_LEVEL": "INFO",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+import pytest
+
+from fakeproject import make_fake_project
+
+
+@pytest.fixture(scope="session")
+def fake_project_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_fake_project(tmp_path_factory.mktemp("template") / "project")
+
+
+@pytest.fixture
+def fake_project(fake_project_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh copy of the committed fake DVC project; ``$FAKE_STATE_DIR/calls.log``
+    records each stage call."""
+    repo = tmp_path / "project"
+    shutil.copytree(fake_project_template, repo, symlinks=True)
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setenv("FAKE_STATE_DIR", str(state))
+    return repo
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> str:
+    """One temporary Prefect server (SQLite in a temp dir) shared by the session; its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield PREFECT_API_URL.value()

@@ -1,0 +1,92 @@
+"""The sweep flow queues a grid of DVC experiments on the fake project and names the best."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from fakeproject import dvc
+from flows.sweep import experiment_rows, grid_points, liftplus_sweep, metric_value, pick_best
+
+
+def accuracy(lr: float, loss: str) -> float:
+    """What fake_stage.py's evaluate writes, restated here."""
+    return 90.0 - 1000.0 * abs(lr - 0.01) + (5.0 if loss == "ce" else 0.0)
+
+
+@pytest.mark.slow
+def test_sweep_over_four_experiments_names_the_best(prefect_api, fake_project, capsys):
+    grid = {"train.lr": [0.02, 0.01], "train.loss": ["la", "ce"]}
+    params_before = (fake_project / "params.yaml").read_text()
+
+    result = liftplus_sweep(grid=grid, metric="data/metrics/eval.json:accuracy", repo=str(fake_project))
+
+    rows = result["experiments"]
+    assert len(rows) == 4 and all(row["status"] == "success" for row in rows)
+    for row in rows:
+        assert row["metric"] == pytest.approx(accuracy(row["params"]["train.lr"], row["params"]["train.loss"]))
+    combos = {(row["params"]["train.lr"], row["params"]["train.loss"]) for row in rows}
+    assert combos == {(0.02, "la"), (0.02, "ce"), (0.01, "la"), (0.01, "ce")}
+    best = next(row for row in rows if row["name"] == result["best"])
+    assert best["params"] == {"train.lr": 0.01, "train.loss": "ce"}
+    assert result["value"] == pytest.approx(95.0)
+    assert (fake_project / "params.yaml").read_text() == params_before
+
+    shown = json.loads(dvc(fake_project, "exp", "show", "--json").stdout)
+    listed = {rev["name"] for row in shown for exp in row.get("experiments") or [] for rev in exp["revs"]}
+    assert {row["name"] for row in rows} <= listed, "dvc exp show lists every experiment of the sweep"
+
+    terminal = capsys.readouterr().out
+    assert result["best"] in terminal and "95" in terminal
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_latest_artifacts(limit=50)
+    markdown = next(a for a in artifacts if a.key == "liftplus-sweep").data
+    assert f"**{result['best']}** = 95" in markdown
+    assert f"| {result['best']} ★ | success | 0.01 | ce | 95 |" in markdown
+    assert markdown.count("| success |") == 4
+
+    # The same results ranked the other way: the worst point is lr 0.02 with la (80).
+    worst = pick_best(rows, maximize=False)
+    assert worst["params"] == {"train.lr": 0.02, "train.loss": "la"}
+
+
+def test_grid_points_cover_every_combination():
+    points = grid_points({"a": [1, 2, 3], "b": ["x", "y"]})
+    assert len(points) == 6
+    assert points[0] == {"a": 1, "b": "x"} and points[-1] == {"a": 3, "b": "y"}
+    with pytest.raises(ValueError, match="'b' needs a non-empty list"):
+        grid_points({"a": [1], "b": []})
+
+
+def test_metric_by_file_and_key_or_bare_key():
+    metrics = {
+        "data/metrics/eval.json": {"data": {"accuracy": 71.5, "groups": {"few": None}}},
+        "data/stats/longtail.json": {"data": {"classes": 10, "accuracy": 1.0}},
+    }
+    assert metric_value(metrics, "data/metrics/eval.json:accuracy") == 71.5
+    assert metric_value(metrics, "classes") == 10
+    assert metric_value(metrics, "data/metrics/eval.json:groups.few") is None
+    assert metric_value(metrics, "missing") is None
+    with pytest.raises(ValueError, match="several files"):
+        metric_value(metrics, "accuracy")
+
+
+def test_failed_and_missing_experiments_are_reported_not_ranked():
+    shown = [{
+        "rev": "abc", "name": "main", "experiments": [
+            {"name": "good", "executor": {"state": "success"}, "revs": [{
+                "rev": "1", "name": "good", "error": None,
+                "data": {"params": {"params.yaml": {"data": {"train": {"lr": 0.1}}}},
+                         "metrics": {"m.json": {"data": {"acc": 3.0}}}}}]},
+            {"name": "bad", "executor": {"state": "failed"}, "revs": [{
+                "rev": "2", "name": "bad", "error": None,
+                "data": {"params": {"params.yaml": {"data": {"train": {"lr": 0.2}}}}, "metrics": {}}}]},
+        ]}]
+    rows = experiment_rows(shown, ["bad", "good", "gone"], ["train.lr"], "m.json:acc")
+    assert [(r["name"], r["status"], r["metric"]) for r in rows] == [
+        ("bad", "failed", None), ("good", "success", 3.0), ("gone", "missing", None)]
+    assert rows[0]["params"] == {"train.lr": 0.2}
+    assert pick_best(rows)["name"] == "good"
+    assert pick_best(rows[:1]) is None
