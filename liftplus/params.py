@@ -18,6 +18,11 @@ from liftplus.errors import ParamsError
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
 
+PeftName = Literal[
+    "adaptformer", "lora", "adapter", "vpt-shallow", "vpt-deep", "ssf", "bitfit", "full", "none"
+]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -45,9 +50,7 @@ class ValidateParams(_Section):
 class ModelParams(_Section):
     name: str = "liftplus-tiny-vit"
     pretrained: Optional[str] = Field(None, description="open_clip tag or local checkpoint path")
-    peft: Literal[
-        "adaptformer", "lora", "adapter", "vpt-shallow", "vpt-deep", "ssf", "bitfit", "full", "none"
-    ] = "adaptformer"
+    peft: PeftName = "adaptformer"
     bottleneck: Optional[int] = Field(None, gt=0, description="None: the LIFT+ rule from K and L")
     classifier: Literal["cosine", "linear", "l2"] = "cosine"
     scale: float = Field(25.0, gt=0)

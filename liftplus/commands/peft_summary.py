@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_args
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from liftplus.errors import ParamsError, exit_on_error
-from liftplus.model.build import ModelConfig, build_model
-from liftplus.model.peft import PEFT_METHODS
-from liftplus.model.summary import parameter_summary
+from liftplus.params import PeftName
+
+PEFT_METHODS = get_args(PeftName)
 
 
 def adaptformer_formula(layers: int, width: int, bottleneck: int, num_classes: int) -> int:
@@ -36,6 +36,9 @@ def peft_summary(
         raise ParamsError(f"--num-classes is {num_classes}, expected a positive integer")
     if bottleneck is not None and bottleneck < 1:
         raise ParamsError(f"--bottleneck is {bottleneck}, expected a positive integer")
+    from liftplus.model.build import ModelConfig, build_model
+    from liftplus.model.summary import parameter_summary
+
     config = ModelConfig(name=model, peft=peft, bottleneck=bottleneck, num_classes=num_classes)
     summary = parameter_summary(build_model(config))
     if peft == "adaptformer":

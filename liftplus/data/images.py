@@ -45,7 +45,7 @@ def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return int(short_side * width / height), short_side
 
 
-def _to_eight_bit(image: Image.Image) -> Image.Image:
+def to_eight_bit(image: Image.Image) -> Image.Image:
     """RGB or L with 8 bits per channel; alpha is dropped as ``convert('RGB')`` does."""
     if image.mode in _EIGHT_BIT_MODES:
         return image
@@ -84,7 +84,7 @@ def prepare_photo(raw: bytes, max_short_side: int) -> EncodedImage:
         return EncodedImage(raw, "jpg")
 
     image = ImageOps.exif_transpose(image)
-    image = _to_eight_bit(image)
+    image = to_eight_bit(image)
     if too_large:
         size = resized_size(*image.size, max_short_side)
         image = image.resize(size, Image.Resampling.BICUBIC)

@@ -11,16 +11,15 @@ features.
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, get_args
+from typing import Optional, get_args
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import LayerNormFp32
 from torch import nn
 
-PeftName = Literal[
-    "adaptformer", "lora", "adapter", "vpt-shallow", "vpt-deep", "ssf", "bitfit", "full", "none"
-]
+from liftplus.params import PeftName
+
 PEFT_METHODS: tuple[str, ...] = get_args(PeftName)
 
 _WEIGHT_LEVEL = {"lora", "ssf"}
