@@ -37,8 +37,4 @@ for _name, _module, _function in (
     ("models", "models", "models"),
     ("predict", "predict", "predict"),
 ):
-    try:
-        _register(_name, _module, _function)
-    except ModuleNotFoundError as exc:  # a command whose module is not built yet
-        if exc.name != f"liftplus.commands.{_module}":
-            raise
+    _register(_name, _module, _function)
