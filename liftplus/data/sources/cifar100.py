@@ -10,13 +10,12 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from liftplus.data.images import encode_png
-from liftplus.data.sources import Record, SourceData, record_key
-from liftplus.data.sources.longtail_subsample import longtail_indices
+from liftplus.data.sources import SourceData
+from liftplus.data.sources.arrays import array_split
 from liftplus.errors import DataError
 from liftplus.params import DataParams
 
@@ -136,26 +135,6 @@ def open_cifar100(data: DataParams) -> SourceData:
     for split in ("train", "test"):
         path = folder / split
         images, labels = _images_and_labels(path, num_classes)
-        if split == "train":
-            missing = sorted(set(range(num_classes)) - set(np.unique(labels).tolist()))
-            if missing:
-                raise DataError(f"{path}: no training image of class(es) {missing[:5]}")
-            kept = longtail_indices(labels, num_classes, data.imbalance_ratio, data.seed)
-        else:
-            kept = np.arange(len(labels))
-        splits[split] = _iterator(split, images, labels, kept)
+        splits[split] = array_split(split, images, labels, num_classes, data, path)
     return SourceData(classnames=classnames, splits=splits)
 
-
-def _iterator(split: str, images: np.ndarray, labels: np.ndarray, kept: np.ndarray):
-    def iterate() -> Iterator[Record]:
-        for position, index in enumerate(kept):
-            yield Record(
-                key=record_key(split, position),
-                label=int(labels[index]),
-                image=encode_png(images[index]),
-                ext="png",
-                source=f"{split}#{int(index)}",
-            )
-
-    return iterate

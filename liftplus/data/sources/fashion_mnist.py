@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from liftplus.data.images import encode_png
-from liftplus.data.sources import Record, SourceData, record_key
+from liftplus.data.sources import SourceData
 from liftplus.data.sources.idx import read_idx
-from liftplus.data.sources.longtail_subsample import longtail_indices
+from liftplus.data.sources.arrays import array_split
 from liftplus.errors import DataError
 from liftplus.params import DataParams
 
@@ -57,26 +55,6 @@ def open_fashion_mnist(data: DataParams) -> SourceData:
     splits = {}
     for split in FILES:
         images, labels, images_path = _load_split(root, split)
-        if split == "train":
-            missing = sorted(set(range(num_classes)) - set(np.unique(labels).tolist()))
-            if missing:
-                raise DataError(f"{images_path}: no training image of class(es) {missing}")
-            kept = longtail_indices(labels, num_classes, data.imbalance_ratio, data.seed)
-        else:
-            kept = np.arange(len(labels))
-        splits[split] = _iterator(split, images, labels, kept, images_path.name)
+        splits[split] = array_split(split, images, labels, num_classes, data, images_path)
     return SourceData(classnames=list(CLASSNAMES), splits=splits)
 
-
-def _iterator(split, images, labels, kept, file_name):
-    def iterate() -> Iterator[Record]:
-        for position, index in enumerate(kept):
-            yield Record(
-                key=record_key(split, position),
-                label=int(labels[index]),
-                image=encode_png(images[index]),
-                ext="png",
-                source=f"{file_name}#{int(index)}",
-            )
-
-    return iterate

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
 
-from liftplus.data.sources import Record, SourceData
-from liftplus.data.sources.photos import PhotoEntry, photo_records
+from liftplus.data.sources import SourceData
+from liftplus.data.sources.photos import PhotoEntry, photo_split
 from liftplus.errors import DataError
 from liftplus.params import DataParams
 
@@ -66,15 +65,6 @@ def open_imagefolder(data: DataParams) -> SourceData:
 
     source = SourceData(classnames=classes, splits={})
     for split, split_entries in entries.items():
-        source.splits[split] = _iterator(source, split, split_entries, data)
+        source.splits[split] = photo_split(source, split, split_entries, data)
     return source
 
-
-def _iterator(source: SourceData, split: str, entries: list[PhotoEntry], data: DataParams):
-    def iterate() -> Iterator[Record]:
-        skipped = source.skipped[split] = []
-        yield from photo_records(
-            entries, split, data.max_short_side, data.on_decode_error, skipped
-        )
-
-    return iterate

@@ -12,11 +12,12 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from liftplus.data.images import EncodedImage, UndecodableImage, prepare_photo
-from liftplus.data.sources import Record, Skipped, record_key
+from liftplus.data.sources import Record, Skipped, SourceData, record_key
 from liftplus.errors import DataError
+from liftplus.params import DataParams
 
 
 @dataclass(frozen=True)
@@ -76,3 +77,13 @@ def _finish(item, split: str, on_decode_error: str, skipped: list[Skipped]) -> I
         skipped.append(Skipped(entry.source, result))
         return
     yield Record(record_key(split, index), entry.label, result.data, result.ext, entry.source)
+
+
+def photo_split(source: SourceData, split: str, entries: list[PhotoEntry], data: DataParams) -> Callable[[], Iterator[Record]]:
+    """The split's records, lazily; images that fail to decode are listed in ``source.skipped[split]``."""
+
+    def iterate() -> Iterator[Record]:
+        skipped = source.skipped[split] = []
+        yield from photo_records(entries, split, data.max_short_side, data.on_decode_error, skipped)
+
+    return iterate

@@ -8,11 +8,10 @@ shards are written.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
-from liftplus.data.sources import Record, SourceData
+from liftplus.data.sources import SourceData
 from liftplus.data.sources.classnames import read_classnames
-from liftplus.data.sources.photos import PhotoEntry, photo_records
+from liftplus.data.sources.photos import PhotoEntry, photo_split
 from liftplus.errors import DataError
 from liftplus.params import DataParams
 
@@ -79,7 +78,7 @@ def open_split_list(data: DataParams) -> SourceData:
 
     source = SourceData(classnames=classnames, splits={})
     for split, split_entries in entries.items():
-        source.splits[split] = _iterator(source, split, split_entries, data)
+        source.splits[split] = photo_split(source, split, split_entries, data)
     return source
 
 
@@ -91,12 +90,3 @@ def _check_class_count(names_path: Path, train_path: Path, num_classes: int, lin
             f"run 0..{highest} (expected {highest + 1} names)"
         )
 
-
-def _iterator(source: SourceData, split: str, entries: list[PhotoEntry], data: DataParams):
-    def iterate() -> Iterator[Record]:
-        skipped = source.skipped[split] = []
-        yield from photo_records(
-            entries, split, data.max_short_side, data.on_decode_error, skipped
-        )
-
-    return iterate
