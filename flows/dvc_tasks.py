@@ -35,6 +35,7 @@ TRANSIENT_TEXT = re.compile(
     "|".join(
         [
             re.escape(LOCK_HELD),
+            r"is busy, it is being blocked by",
             r"Input/output error",
             r"Resource temporarily unavailable",
             r"Stale file handle",

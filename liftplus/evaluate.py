@@ -6,7 +6,23 @@ from typing import Sequence
 
 import torch
 
+from liftplus.errors import CheckpointError
 from liftplus.metrics import confusion_matrix, confusion_summary, metrics_from_confusion
+
+
+def check_classnames(model_path: str, trained: list[str] | None, shards: list[str]) -> None:
+    """A checkpoint trained on other classes (even as many) must not be scored against these labels."""
+    if trained is None or list(trained) == list(shards):
+        return
+    label = next((i for i, (a, b) in enumerate(zip(trained, shards)) if a != b), None)
+    if label is None:
+        difference = f"{len(trained)} classes, the shards have {len(shards)}"
+    else:
+        difference = f"label {label} is {trained[label]!r}, the shards say {shards[label]!r}"
+    raise CheckpointError(
+        f"{model_path}: trained for other class names ({difference}); "
+        "evaluate it on the data it was trained for"
+    )
 
 
 def evaluation_report(

@@ -7,13 +7,14 @@ silently training a head that belongs to another dataset or model.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from liftplus.errors import CheckpointError
-from liftplus.io import atomic_path
+from liftplus.io import save_torch
 
 TEXT_INIT_FORMAT = "liftplus-text-init/1"
 
@@ -35,8 +36,7 @@ def save_text_init(
         "template": template,
         "backbone_fingerprint": fingerprint,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, path)
 
 
 def load_text_init(path: str | Path, classnames: Sequence[str], fingerprint: str) -> dict:
@@ -46,6 +46,10 @@ def load_text_init(path: str | Path, classnames: Sequence[str], fingerprint: str
         raise CheckpointError(f"{path}: head init not found; run the init_head stage (dvc repro init_head)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's text for it suggests weights_only=False: never here
+        raise CheckpointError(
+            f"{path}: refused, holds objects other than tensors and plain types (weights_only load)"
+        ) from None
     except Exception as exc:
         raise CheckpointError(f"{path}: not a loadable head init ({str(exc).splitlines()[0]})") from None
     if not isinstance(payload, dict) or payload.get("format") != TEXT_INIT_FORMAT:

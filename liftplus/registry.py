@@ -14,7 +14,6 @@ registering the same model again is a no-op.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from liftplus.errors import CheckpointError, DataError, GateFailed, LiftplusError
+from liftplus.io import file_digest
 from liftplus.params import RegisterParams
 
 METRIC_KEYS = ("accuracy", "mean_class_accuracy", "many", "medium", "few")
@@ -97,13 +97,9 @@ def check_gate(metrics: dict[str, Any], gate: RegisterParams, source: str = "met
 # --- registering ------------------------------------------------------------------
 
 
-def md5_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+def md5_file(path: str | Path) -> str:
     """The md5 of a file's bytes: what DVC 3 records for it and names its cache entry by."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def version_message(model_path: str, md5: str, metrics: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
 from liftplus.errors import CheckpointError, TrainingError
-from liftplus.io import atomic_path
+from liftplus.io import save_torch
 from liftplus.model.checkpoint import load_trainable_state
 
 STATE_FORMAT = "liftplus-train-state/2"
@@ -156,8 +156,7 @@ def save_state(path: Path, *, epoch: int, step: int, model: nn.Module, optimizer
         "scaler": scaler.state_dict() if scaler is not None else None,
         "torch_rng": torch.get_rng_state(),
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(state, path)
 
 
 def load_state(path: Path, cfg: RunConfig) -> Optional[dict]:

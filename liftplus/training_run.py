@@ -16,6 +16,7 @@ from torch import nn
 
 from liftplus.data.loader import EpochBatchSampler, ShardIndex
 from liftplus.data.transforms import test_transform, train_transform
+from liftplus.errors import ParamsError
 from liftplus.head_init import load_text_init
 from liftplus.io import sha256_file
 from liftplus.losses import build_loss
@@ -55,6 +56,11 @@ def prepare_training(
     train_counts = manifest["splits"]["train"]["class_counts"]
     model_cfg = ModelConfig.for_method(params.model, train.method, num_classes)
     model = build_model(model_cfg)
+    if train.epochs and not model.trainable_parameters():
+        raise ParamsError(
+            f"'train.epochs' is {train.epochs}, but train.method {train.method} has nothing to train; "
+            "leave train.epochs null"
+        )
     pre = model.preprocess
 
     head_source = initialise_head(model, params, train, classnames, train_shards, head_path)

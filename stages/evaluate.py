@@ -10,8 +10,8 @@ from pathlib import Path
 from liftplus.data.loader import ShardIndex
 from liftplus.data.manifest import read_manifest, shard_paths
 from liftplus.data.transforms import test_transform, tte_transform
-from liftplus.errors import DataError, exit_on_error
-from liftplus.evaluate import evaluation_report
+from liftplus.errors import DEBUG_FLAG, DEBUG_HELP, DataError, exit_on_error
+from liftplus.evaluate import check_classnames, evaluation_report
 from liftplus.io import write_json, write_text
 from liftplus.model.checkpoint import model_from_checkpoint
 from liftplus.params import load_params
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="data/model/adapter.pt")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", default="data/metrics")
+    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
 
     params = load_params(args.params).evaluate
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.split not in manifest["splits"]:
         raise DataError(f"{shard_dir / 'manifest.json'}: no '{args.split}' split to evaluate on")
     classnames = manifest["classnames"]
-    model, _, _ = model_from_checkpoint(args.model, num_classes=len(classnames))
+    model, _, checkpoint = model_from_checkpoint(args.model, num_classes=len(classnames))
+    check_classnames(args.model, checkpoint.get("extra", {}).get("classnames"), classnames)
     pre = model.preprocess
     if params.tte:
         transform = tte_transform(pre.image_size, pre.mean, pre.std, expand=params.tte_expand)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from liftplus.data.manifest import read_manifest
-from liftplus.errors import exit_on_error
+from liftplus.errors import DEBUG_FLAG, DEBUG_HELP, exit_on_error
 from liftplus.head_init import save_text_init
 from liftplus.model.backbone import backbone_fingerprint, load_backbone
 from liftplus.model.text import encode_text_init
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--shards", default="data/shards")
     parser.add_argument("--out", default="data/head/text_init.pt")
+    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
 
     params = load_params(args.params)

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from liftplus.errors import GateFailed, exit_on_error
+from liftplus.errors import DEBUG_FLAG, DEBUG_HELP, GateFailed, exit_on_error
 from liftplus.io import write_json
 from liftplus.params import load_params
 from liftplus.registry import check_gate, head_commit, md5_file, read_metrics, register_model
@@ -33,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metrics", type=Path, default=Path("data/metrics/eval.json"))
     parser.add_argument("--model", type=Path, default=Path("data/model/adapter.pt"))
     parser.add_argument("--out", type=Path, default=Path("data/registry/registration.json"))
+    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     return parser.parse_args(argv)
 
 

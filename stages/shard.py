@@ -13,7 +13,8 @@ from pathlib import Path
 from liftplus.data.shards import atomic_directory
 from liftplus.data.sharding import shard_source
 from liftplus.data.sources import open_source
-from liftplus.errors import exit_on_error
+from liftplus.errors import DEBUG_FLAG, DEBUG_HELP, OutputError, exit_on_error
+from liftplus.io import WRITE_ERRNOS
 from liftplus.params import DEFAULT_PARAMS_FILE, load_params
 
 DEFAULT_OUT = Path("data/shards")
@@ -36,15 +37,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.shard", description=__doc__)
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS_FILE)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
 
     data = load_params(args.params).data
     started = time.perf_counter()
     source = open_source(data)
-    with atomic_directory(args.out) as tmp:
-        manifest = shard_source(
-            source, data.source, tmp, data.shard_max_samples, data.shard_max_bytes
-        )
+    try:
+        with atomic_directory(args.out) as tmp:
+            manifest = shard_source(
+                source, data.source, tmp, data.shard_max_samples, data.shard_max_bytes
+            )
+    except (OSError, OutputError) as exc:
+        refused = exc.__cause__ if isinstance(exc, OutputError) else exc  # the manifest's write
+        if not isinstance(refused, OSError) or refused.errno not in WRITE_ERRNOS:
+            raise
+        raise OutputError(
+            f"{args.out}: cannot write shards ({refused.strerror}); nothing was written, "
+            f"{args.out} is as it was before"
+        ) from exc
     for line in summary_lines(manifest):
         print(line)
     print(f"wrote {args.out} in {time.perf_counter() - started:.1f} s")

@@ -11,16 +11,22 @@ import contextlib
 from pathlib import Path
 
 from liftplus.data.manifest import read_manifest, shard_paths, verify_checksums
-from liftplus.errors import exit_on_error
+from liftplus.errors import DEBUG_FLAG, DEBUG_HELP, OutputError, exit_on_error
 from liftplus.params import load_params, resolved_train
 from liftplus.train import EpochLog, Interrupted, StopRequest, fit
 from liftplus.training_run import finish_training, prepare_training
 
 
 def dvclive_logger(live_dir: str, resume: bool, epochs: int):
+    import sqlite3
+
     from dvclive import Live
 
-    live = Live(live_dir, resume=resume, save_dvc_exp=False, dvcyaml=None)
+    try:
+        live = Live(live_dir, resume=resume, save_dvc_exp=False, dvcyaml=None)
+    except (OSError, sqlite3.Error) as exc:  # DVCLive opens the DVC repo, whose state is an sqlite file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OutputError(f"{live_dir}: cannot start the DVCLive training log ({reason})") from exc
 
     def log_epoch(log: EpochLog) -> None:
         live.step = log.epoch
@@ -44,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="data/model/adapter.pt")
     parser.add_argument("--state", default="data/train_state/last.pt")
     parser.add_argument("--live", default="dvclive/train")
+    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
 
     params = load_params(args.params)

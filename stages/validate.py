@@ -16,7 +16,7 @@ from pathlib import Path
 
 from liftplus.data.expectations import TRAIN_SPLIT, ValidationReport, validate_shards
 from liftplus.data.longtail import count_curve, longtail_metrics
-from liftplus.errors import ValidationFailed, exit_on_error
+from liftplus.errors import DEBUG_FLAG, DEBUG_HELP, ValidationFailed, exit_on_error
 from liftplus.io import atomic_path, write_json
 from liftplus.params import load_params
 
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--shards", type=Path, default=Path("data/shards"))
     parser.add_argument("--out", type=Path, default=Path("data/stats"))
+    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
                              max_short_side=params.data.max_short_side)
     if not report.success:
         print_failures(report, args.shards)
-        raise ValidationFailed(f"validate: {len(report.failures)} expectation(s) failed")
+        raise ValidationFailed(f"validate: {len(report.failures)} expectation(s) failed on {args.shards}, "
+                               f"first: {report.failures[0]}")
     written = write_outputs(report, args.out)
     decoded = ", ".join(f"{split} {n}" for split, n in report.decoded.items())
     print(f"validate: {report.num_expectations} expectations passed on {args.shards} "

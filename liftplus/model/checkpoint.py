@@ -17,7 +17,7 @@ import torch
 from pydantic import ValidationError
 
 from liftplus.errors import CheckpointError
-from liftplus.io import atomic_path
+from liftplus.io import save_torch
 from liftplus.model.backbone import backbone_fingerprint
 from liftplus.model.build import LiftModel, ModelConfig, build_model
 
@@ -39,8 +39,7 @@ def save_checkpoint(
         "state": {name: t.detach().cpu().clone() for name, t in model.trainable_state_dict().items()},
         "extra": extra or {},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
