@@ -21,13 +21,13 @@ def project(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reproduced(project):
-    result = run(["dvc", "repro", "evaluate"], project)
+    result = run(["dvc", "repro"], project)
     return project, result
 
 
 def test_repro_runs_every_stage_to_evaluate(reproduced):
     project, result = reproduced
-    for stage in ("shard", "validate", "init_head", "train", "evaluate"):
+    for stage in ("shard", "validate", "init_head", "train", "evaluate", "register"):
         assert f"Running stage '{stage}'" in result.stdout
 
     manifest = json.loads((project / "data/shards/manifest.json").read_text())
@@ -51,9 +51,19 @@ def test_repro_runs_every_stage_to_evaluate(reproduced):
     assert (project / "data/model/adapter.pt").stat().st_size < 2_000_000
 
 
+def test_register_tagged_the_model_with_its_metrics(reproduced):
+    project, _ = reproduced
+    registration = json.loads((project / "data/registry/registration.json").read_text())
+    metrics = json.loads((project / "data/metrics/eval.json").read_text())
+    assert registration["registered"] is True
+    assert registration["metrics"]["accuracy"] == metrics["accuracy"]
+    tags = run(["git", "tag", "--list"], project).stdout.split()
+    assert registration["tag"] in tags and registration["tag"].startswith("liftplus-classifier@v")
+
+
 def test_second_repro_is_a_noop_and_status_clean(reproduced):
     project, _ = reproduced
-    again = run(["dvc", "repro", "evaluate"], project)
+    again = run(["dvc", "repro"], project)
     assert "Running stage" not in again.stdout
     assert "up to date" in again.stdout
     status = run(["dvc", "status"], project)
