@@ -5,12 +5,8 @@ from liftplus.model import TINY_MODEL, load_backbone
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny model's ops are too small to share; on a busy 2-core machine extra threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Every test here runs on one torch thread (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")
