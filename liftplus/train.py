@@ -206,7 +206,11 @@ def fit(
     stop: Optional[StopRequest] = None,
     progress: bool = True,
 ) -> list[EpochLog]:
-    """Train ``model``'s trainable parameters in place; return one log per epoch run now."""
+    """Train ``model``'s trainable parameters in place; return one log per epoch run now.
+
+    Progress bars show on a terminal only (``disable=None``), so logs and
+    ``dvc repro`` output get the one line per epoch instead.
+    """
     if cfg.epochs == 0:
         return []
     dist_info = dist_info or Distributed()
@@ -269,7 +273,7 @@ def fit(
         seen, loss_sum, correct, started = 0, 0.0, 0, time.perf_counter()
         bar = tqdm(
             total=num_batches, initial=start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not (progress and dist_info.is_main), mininterval=1.0, leave=False,
+            disable=None if progress and dist_info.is_main else True, mininterval=1.0, leave=False,
         )
         for batch_idx, (images, labels) in enumerate(loader, start=start_batch):
             images = images.to(device, non_blocking=True)
@@ -347,7 +351,7 @@ def _inference(
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=False, subset=subset)
     loader = make_loader(dataset, sampler, workers, pin_memory=device.type == "cuda")
     outputs, all_labels = [], []
-    for images, labels in tqdm(loader, desc=desc, disable=not progress, mininterval=1.0, leave=False):
+    for images, labels in tqdm(loader, desc=desc, disable=None if progress else True, mininterval=1.0, leave=False):
         images = images.to(device, non_blocking=True)
         crops = images.dim() == 5
         if crops:

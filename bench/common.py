@@ -1,0 +1,95 @@
+"""What every benchmark shares: the run context, child processes, timing helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT_PREFIX = "BENCH_RESULT "
+OFFLINE_ENV = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "TQDM_DISABLE": "1",
+}
+
+
+@dataclass
+class BenchContext:
+    quick: bool
+    workdir: Path
+    """A scratch folder for this run, removed afterwards; benchmarks may cache inputs in it."""
+    deadline: float = float("inf")
+    """``time.perf_counter()`` by which the whole run should be done; optional parts check it."""
+
+    def seconds_left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def log(self, message: str) -> None:
+        print(f"  {message}", file=sys.stderr, flush=True)
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OFFLINE_ENV)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.update(extra)
+    return env
+
+
+def run_child(module: str, args: Sequence[str], timeout: float) -> dict[str, float]:
+    """Run ``python -m module args`` in a fresh process; return the dict it reported with :func:`report`."""
+    cmd = [sys.executable, "-m", module, *args]
+    result = subprocess.run(
+        cmd, cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=timeout
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if result.returncode != 0 or not lines:
+        tail = (result.stderr or result.stdout)[-2000:]
+        raise RuntimeError(f"{' '.join(cmd)} exited {result.returncode}:\n{tail}")
+    return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+def report(figures: dict[str, float]) -> None:
+    """A child process's answer to :func:`run_child` (one line on stdout)."""
+    print(RESULT_PREFIX + json.dumps(figures), flush=True)
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    started = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - started, value
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``; a zero baseline is an error (results.json holds only finite numbers)."""
+    if not denominator:
+        raise ZeroDivisionError(f"ratio {numerator} / {denominator}: the baseline measured zero")
+    return numerator / denominator
+
+
+def samples_per_second_after_first(batches: Iterable, count: Callable[[object], int]) -> tuple[float, int]:
+    """Samples/s over a whole pass, the clock started once the first batch is in (workers warm).
+
+    Returns (samples per second, samples timed).
+    """
+    iterator = iter(batches)
+    next(iterator)
+    started = time.perf_counter()
+    seen = sum(count(batch) for batch in iterator)
+    elapsed = time.perf_counter() - started
+    return seen / elapsed, seen

@@ -1,0 +1,172 @@
+"""Training input pipeline: our shard loader against a plain torchvision ImageFolder loader.
+
+Both read the same synthetic 500×375 JPEG photos and produce normalised
+224-px float batches of 32 from 2 worker processes:
+
+* ours: the photos sharded by liftplus (``max_short_side`` 256, so stored
+  pre-resized), read through ``ShardIndex`` + ``EpochBatchSampler`` +
+  ``make_loader`` with the MDA train transform (first epoch, bicubic);
+* ours, uint8: the same, workers hand over uint8 crops and the main process
+  runs ``normalize_batch`` (inside the timed loop);
+* ours, originals: shards with ``max_short_side: 0`` (the photos copied as they
+  are), to separate the gain of pre-resizing from the loader itself;
+* baseline: ``torchvision.datasets.ImageFolder`` over the photo folder, PIL,
+  ``RandomResizedCrop(224, bicubic)`` + ``ToTensor`` + ``Normalize``,
+  ``DataLoader(batch_size=32, shuffle=True, num_workers=2)``.
+
+Each arm makes full passes over the data; the clock starts once the first
+batch has arrived (workers started and warm). Arms alternate, ``rounds``
+times, and each keeps its best pass, so a burst of load from another process
+hurts neither arm more than the other. Beside wall-clock throughput, each pass
+records the CPU time it cost (main process and workers, whole pass): on a
+shared machine the CPU-time ratio is the steadier of the two.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import open_clip
+import torch
+from torch.utils.data import DataLoader
+from torchvision import datasets
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+from bench.common import BenchContext, ratio
+from bench.photos import PHOTO_COUNT, QUICK_PHOTO_COUNT, photo_folder
+from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
+from liftplus.data.manifest import read_manifest, shard_paths
+from liftplus.data.sharding import shard_source
+from liftplus.data.sources import open_source
+from liftplus.data.transforms import normalize_batch, train_transform
+from liftplus.params import DataParams
+
+RES = 224
+BATCH = 32
+WORKERS = 2
+EPOCHS = 5
+MEAN, STD = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+
+FIGURES = {
+    "data_path_speedup": "ratio: our shard loader ÷ ImageFolder+PIL+torchvision, samples/s (same photos, 2 workers)",
+    "data_path_uint8_speedup": "ratio: ours with uint8 hand-off + normalize_batch ÷ ImageFolder",
+    "data_path_originals_speedup": "ratio: ours on shards of the original-size photos ÷ ImageFolder",
+    "data_path_cpu_speedup": "ratio: ImageFolder ÷ ours CPU seconds per sample (all processes): less sensitive to other load",
+    "data_path_uint8_cpu_speedup": "ratio: ImageFolder ÷ ours-uint8 CPU seconds per sample",
+    "data_path_originals_cpu_speedup": "ratio: ImageFolder ÷ ours-on-originals CPU seconds per sample",
+    "data_path_ours_samples_per_second": "our loader, MDA 224 px float batches of 32, samples/s",
+    "data_path_ours_uint8_samples_per_second": "our loader, uint8 hand-off, normalised in the main process, samples/s",
+    "data_path_ours_originals_samples_per_second": "our loader on un-resized shards (max_short_side 0), samples/s",
+    "data_path_imagefolder_samples_per_second": "ImageFolder + RandomResizedCrop(224, bicubic) + ToTensor + Normalize, samples/s",
+    "data_path_ours_cpu_ms_per_sample": "our loader: CPU time (main process + workers) per sample over a pass, ms",
+    "data_path_imagefolder_cpu_ms_per_sample": "ImageFolder loader: CPU time per sample over a pass, ms",
+    "data_path_images": "synthetic 500x375 JPEG photos (quality 90) read per pass",
+}
+
+
+def shard_photos(photos: Path, out_dir: Path, max_short_side: int) -> list[Path]:
+    """The photo folder as liftplus shards (``data.source: imagefolder``); the train shard paths."""
+    if not (out_dir / "manifest.json").is_file():
+        data = DataParams(source="imagefolder", root=str(photos), max_short_side=max_short_side)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shard_source(open_source(data), data.source, out_dir, data.shard_max_samples, data.shard_max_bytes)
+    return shard_paths(read_manifest(out_dir / "manifest.json"), out_dir, "train")
+
+
+def our_loader(shards: list[Path], uint8: bool, seed: int) -> DataLoader:
+    transform = train_transform(RES, MEAN, STD, epochs=EPOCHS, mda=True, uint8=uint8)
+    dataset = ShardIndex(shards, transform, seed=0)
+    sampler = EpochBatchSampler(len(dataset), BATCH, shuffle=True, seed=seed)
+    return make_loader(dataset, sampler, WORKERS)
+
+
+def imagefolder_loader(photos: Path) -> DataLoader:
+    transform = T.Compose([
+        T.RandomResizedCrop(RES, interpolation=InterpolationMode.BICUBIC),
+        T.ToTensor(),
+        T.Normalize(MEAN, STD),
+    ])
+    return DataLoader(datasets.ImageFolder(str(photos), transform=transform),
+                      batch_size=BATCH, shuffle=True, num_workers=WORKERS)
+
+
+def _normalised(loader: DataLoader):
+    for images, labels in loader:
+        yield normalize_batch(images, MEAN, STD), labels
+
+
+def _check_batch(images: torch.Tensor) -> None:
+    if images.dtype != torch.float32 or tuple(images.shape[1:]) != (3, RES, RES):
+        raise RuntimeError(f"unexpected batch {images.dtype} {tuple(images.shape)}")
+
+
+def _count(batch) -> int:
+    images, labels = batch
+    _check_batch(images)
+    return len(labels)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its exited children (the loader's workers)."""
+    usages = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    return sum(u.ru_utime + u.ru_stime for u in usages)
+
+
+def measure_pass(make_batches: Callable[[], Iterable]) -> tuple[float, float]:
+    """One full pass: samples/s once the first batch is in, and CPU seconds per sample.
+
+    The CPU time covers the whole pass, from building the dataset to the last
+    batch, workers included (they exit, and are counted, when the pass ends).
+    """
+    cpu_before = _cpu_seconds()
+    batches = iter(make_batches())
+    first = _count(next(batches))
+    started = time.perf_counter()
+    rest = sum(_count(batch) for batch in batches)
+    elapsed = time.perf_counter() - started
+    return rest / elapsed, (_cpu_seconds() - cpu_before) / (first + rest)
+
+
+def run(ctx: BenchContext) -> dict[str, float]:
+    count = QUICK_PHOTO_COUNT if ctx.quick else PHOTO_COUNT
+    rounds = 1 if ctx.quick else 2
+    ctx.log(f"data_path: {count} synthetic 500x375 JPEGs, {rounds} round(s)")
+    photos = photo_folder(ctx.workdir / f"photos-{count}", count)
+    resized = shard_photos(photos, ctx.workdir / f"photo-shards-{count}-256", 256)
+    originals = shard_photos(photos, ctx.workdir / f"photo-shards-{count}-0", 0)
+
+    arms = {
+        "ours": lambda r: our_loader(resized, uint8=False, seed=r),
+        "ours_uint8": lambda r: _normalised(our_loader(resized, uint8=True, seed=r)),
+        "ours_originals": lambda r: our_loader(originals, uint8=False, seed=r),
+        "imagefolder": lambda r: imagefolder_loader(photos),
+    }
+    rate = {name: 0.0 for name in arms}
+    cpu = {name: float("inf") for name in arms}
+    for r in range(rounds):
+        for name, make in arms.items():
+            pass_rate, pass_cpu = measure_pass(lambda: make(r))
+            ctx.log(f"  round {r + 1} {name}: {pass_rate:.0f} samples/s, {1000 * pass_cpu:.1f} CPU ms/sample")
+            rate[name] = max(rate[name], pass_rate)
+            cpu[name] = min(cpu[name], pass_cpu)
+
+    base = "imagefolder"
+    return {
+        "data_path_speedup": ratio(rate["ours"], rate[base]),
+        "data_path_uint8_speedup": ratio(rate["ours_uint8"], rate[base]),
+        "data_path_originals_speedup": ratio(rate["ours_originals"], rate[base]),
+        "data_path_cpu_speedup": ratio(cpu[base], cpu["ours"]),
+        "data_path_uint8_cpu_speedup": ratio(cpu[base], cpu["ours_uint8"]),
+        "data_path_originals_cpu_speedup": ratio(cpu[base], cpu["ours_originals"]),
+        "data_path_ours_samples_per_second": rate["ours"],
+        "data_path_ours_uint8_samples_per_second": rate["ours_uint8"],
+        "data_path_ours_originals_samples_per_second": rate["ours_originals"],
+        "data_path_imagefolder_samples_per_second": rate[base],
+        "data_path_ours_cpu_ms_per_sample": 1000 * cpu["ours"],
+        "data_path_imagefolder_cpu_ms_per_sample": 1000 * cpu[base],
+        "data_path_images": float(count),
+    }

@@ -1,0 +1,156 @@
+"""End-to-end ``dvc repro`` of the embedded default, then a no-op ``dvc repro``.
+
+The project (dvc.yaml, params.yaml, .dvc/config, stages, liftplus, flows) is
+copied into a fresh git repository in the scratch folder, params untouched:
+Fashion-MNIST from its Debian package at IR 100 (14,886 train + 10,000 test),
+the tiny random-init ViT, 5 epochs, TTE evaluation. ``dvc repro`` runs every
+stage from an empty DVC cache (wall time, and the CPU time of all the processes
+it ran); per-stage times come from when DVC announces each stage. The second
+``dvc repro`` changes nothing and must skip every stage: its wall time is what
+checking hashes, params and the lock file costs.
+
+With ``--quick`` the full demo is skipped: the same pipeline runs on a small
+copy of Fashion-MNIST (the first 2,000 train and 500 test images, still IR 100) and only
+``quick_demo_repro_seconds`` and ``noop_repro_seconds`` are reported.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from bench.common import REPO, BenchContext, offline_env
+
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", "stages", "liftplus", "flows", "prefect.yaml")
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+QUICK_SUBSET = {"train": 2000, "t10k": 500}
+STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
+TIMEOUT = 3600
+
+FIGURES = {
+    "demo_repro_seconds": "`dvc repro` of the embedded default (Fashion-MNIST IR 100, tiny ViT, 5 epochs), all stages, s",
+    "demo_repro_cpu_seconds": "CPU time (user + system) of every process that demo run started, s",
+    "noop_repro_seconds": "a second `dvc repro` with nothing changed (every stage skipped), s",
+    "quick_demo_repro_seconds": "--quick: `dvc repro` on a 2,000 + 500 image Fashion-MNIST subset, s",
+    **{f"demo_stage_{stage}_seconds": f"the demo's `{stage}` stage, timed from DVC's announcements, s"
+       for stage in ("shard", "validate", "init_head", "train", "evaluate", "register")},
+}
+
+
+def copy_project(dest: Path, data_root: Path | None = None) -> Path:
+    """The project as a fresh git repo at ``dest`` (one commit); ``data.root`` replaced if given."""
+    dest.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif src.exists():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    if data_root is not None:
+        params = dest / "params.yaml"
+        text, n = re.subn(r"(?m)^(  root:\s*)\S+", rf"\g<1>{data_root}", params.read_text(), count=1)
+        if n != 1:
+            raise RuntimeError(f"{params}: no data.root line to replace")
+        params.write_text(text)
+    (dest / ".gitignore").write_text("/data/\n/dvclive/\n/.prefect/\n__pycache__/\n")
+    for cmd in (["git", "init", "-q", "-b", "main"],
+                ["git", "config", "user.email", "bench@liftplus.invalid"],
+                ["git", "config", "user.name", "liftplus bench"],
+                ["git", "add", "-A"],
+                ["git", "commit", "-qm", "project copy"]):
+        subprocess.run(cmd, cwd=dest, env=offline_env(), check=True, capture_output=True)
+    return dest
+
+
+def fashion_mnist_subset(dest: Path) -> Path:
+    """The first images of each Fashion-MNIST split, in its idx layout (for --quick)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for prefix, count in QUICK_SUBSET.items():
+        for kind, ndim in (("images", 3), ("labels", 1)):
+            name = f"{prefix}-{kind}-idx{ndim}-ubyte.gz"
+            with gzip.open(FASHION_MNIST_ROOT / name, "rb") as f:
+                content = f.read()
+            header = 4 + 4 * ndim
+            dims = [int.from_bytes(content[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+            item = 1
+            for d in dims[1:]:
+                item *= d
+            new_header = content[:4] + count.to_bytes(4, "big") + content[8:header]
+            body = content[header: header + count * item]
+            (dest / name).write_bytes(gzip.compress(new_header + body, mtime=0))
+    return dest
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def dvc_repro(project: Path, log: Path) -> tuple[float, float, dict[str, float], str]:
+    """Run ``dvc repro``: wall seconds, CPU seconds, seconds per stage run, and its stdout.
+
+    A stage's time runs from DVC's "Running stage" line to the next one (or the end).
+    """
+    cpu_before = _children_cpu_seconds()
+    started = time.perf_counter()
+    stage_starts: list[tuple[str, float]] = []
+    lines = []
+    with open(log, "w") as err:
+        proc = subprocess.Popen(["dvc", "repro"], cwd=project, env=offline_env(), stdout=subprocess.PIPE,
+                                stderr=err, text=True, start_new_session=True)
+        watchdog = threading.Timer(TIMEOUT, os.killpg, (proc.pid, signal.SIGTERM))
+        watchdog.start()
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                match = STAGE_LINE.match(line)
+                if match:
+                    stage_starts.append((match.group(1), time.perf_counter()))
+            proc.wait()
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            raise
+        finally:
+            watchdog.cancel()
+    ended = time.perf_counter()
+    output = "".join(lines)
+    if proc.returncode != 0:
+        why = f"was stopped after {TIMEOUT} s" if ended - started >= TIMEOUT else f"exited {proc.returncode}"
+        raise RuntimeError(f"dvc repro in {project} {why}:\n{output[-1500:]}\n"
+                           f"{log.read_text()[-1500:]}")
+    stages = {}
+    for i, (name, start) in enumerate(stage_starts):
+        end = stage_starts[i + 1][1] if i + 1 < len(stage_starts) else ended
+        stages[name] = end - start
+    return ended - started, _children_cpu_seconds() - cpu_before, stages, output
+
+
+def run(ctx: BenchContext) -> dict[str, float]:
+    root = ctx.workdir / "repro"
+    shutil.rmtree(root, ignore_errors=True)
+    data_root = fashion_mnist_subset(root / "fashion-mnist-subset") if ctx.quick else None
+    project = copy_project(root / "project", data_root)
+
+    seconds, cpu_seconds, stages, _ = dvc_repro(project, root / "repro.log")
+    ctx.log(f"dvc repro: {seconds:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in stages.items())})")
+    noop_seconds, _, noop_stages, output = dvc_repro(project, root / "noop.log")
+    if noop_stages:
+        raise RuntimeError(f"the second dvc repro ran stage(s) {', '.join(noop_stages)}:\n{output[-1500:]}")
+    ctx.log(f"no-op dvc repro: {noop_seconds:.1f} s")
+
+    if ctx.quick:
+        return {"quick_demo_repro_seconds": seconds, "noop_repro_seconds": noop_seconds}
+    figures = {"demo_repro_seconds": seconds, "demo_repro_cpu_seconds": cpu_seconds,
+               "noop_repro_seconds": noop_seconds}
+    figures.update({f"demo_stage_{name}_seconds": stage_seconds for name, stage_seconds in stages.items()})
+    return figures
