@@ -17,9 +17,14 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup run test bench dag clean
-setup: $(STAMP) $(FASHION_MNIST) .dvc/config
+.PHONY: setup run test bench dag plots
+setup: $(STAMP) $(FASHION_MNIST) .dvc/config .dvc/plots/offline.html
 	@dvc config core.analytics false && dvc config core.check_update false
+	@dvc config --local plots.html_template plots/offline.html
+
+# `dvc plots show` then renders without internet (vega inlined; see liftplus/plots.py).
+.dvc/plots/offline.html: $(STAMP)
+	$(BIN)/python -m liftplus.plots $@
 
 $(FASHION_MNIST):
 	@command -v apt-get >/dev/null || { echo "error: apt-get not found; install Debian's dataset-fashion-mnist by hand" >&2; exit 1; }
@@ -45,3 +50,6 @@ bench: setup
 
 dag: setup
 	dvc dag
+
+plots: setup
+	dvc plots show -o plots

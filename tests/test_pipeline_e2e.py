@@ -68,3 +68,15 @@ def test_second_repro_is_a_noop_and_status_clean(reproduced):
     assert "up to date" in again.stdout
     status = run(["dvc", "status"], project)
     assert "up to date" in status.stdout
+
+
+def test_plots_page_renders_without_internet(reproduced, tmp_path):
+    from liftplus.plots import offline_template
+
+    project, _ = reproduced
+    template = tmp_path / "offline.html"
+    template.write_text(offline_template())
+    run(["dvc", "plots", "show", "--html-template", str(template), "-o", str(tmp_path / "plots")], project)
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert "vegaEmbed(" in page and "class_counts_csv" in page and "per_class_csv" in page
+    assert "<script src=" not in page and "cdn.jsdelivr" not in page
