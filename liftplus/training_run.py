@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from liftplus.data.loader import EpochBatchSampler, ShardIndex
+from liftplus.data.loader import ShardIndex
 from liftplus.data.transforms import test_transform, train_transform
 from liftplus.errors import ParamsError
 from liftplus.head_init import load_text_init

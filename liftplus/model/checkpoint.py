@@ -9,7 +9,6 @@ silent partial load.
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
