@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
@@ -167,9 +168,20 @@ def run_queue(jobs: int, repo: str) -> None:
     run_dvc(["exp", "run", "--run-all", "--jobs", str(jobs)], repo)
 
 
+@task(task_run_name="git-rev-parse", cache_policy=NO_CACHE)
+def baseline_commit(repo: str) -> str:
+    """The commit the experiments derive from; a commit made while they run moves HEAD, not them."""
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{repo}: the sweep needs a git repository with a commit ({result.stderr.strip()})")
+    return result.stdout.strip()
+
+
 @task(task_run_name="dvc-exp-show", cache_policy=NO_CACHE)
-def collect_results(names: list[str], keys: list[str], metric: str, repo: str) -> list[dict[str, Any]]:
-    return experiment_rows(run_dvc_json(["exp", "show"], repo), names, keys, metric)
+def collect_results(
+    names: list[str], keys: list[str], metric: str, baseline: str, repo: str
+) -> list[dict[str, Any]]:
+    return experiment_rows(run_dvc_json(["exp", "show", "--rev", baseline], repo), names, keys, metric)
 
 
 @flow(name="liftplus-sweep")
@@ -193,10 +205,11 @@ def liftplus_sweep(
     root = str(Path(repo).resolve())
     keys = list(grid)
     points = grid_points(grid)
+    baseline = baseline_commit(root)
     logger.info("queueing %d experiments over %s", len(points), ", ".join(keys))
     names = [queue_experiment(point, root) for point in points]
     run_queue(jobs, root)
-    rows = collect_results(names, keys, metric, root)
+    rows = collect_results(names, keys, metric, baseline, root)
     best = pick_best(rows, maximize)
 
     Console().print(sweep_table(rows, keys, metric, best))

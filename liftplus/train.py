@@ -16,7 +16,7 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -142,7 +142,10 @@ def init_distributed(info: Distributed, device: torch.device) -> None:
             torch.cuda.set_device(device)
 
 
-def save_state(path: Path, *, epoch: int, step: int, model: nn.Module, optimizer, scheduler, scaler, cfg: RunConfig) -> None:
+def save_state(
+    path: Path, *, epoch: int, step: int, model: nn.Module, optimizer, scheduler, scaler, cfg: RunConfig,
+    history: list[EpochLog],
+) -> None:
     """``step``: optimizer steps done in ``epoch``; unlike a micro-batch index it means the same
     samples whatever the number of processes, so a run may resume on another world size."""
     state = {
@@ -155,6 +158,7 @@ def save_state(path: Path, *, epoch: int, step: int, model: nn.Module, optimizer
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "torch_rng": torch.get_rng_state(),
+        "history": [asdict(log) for log in history],
     }
     save_torch(state, path)
 
@@ -206,8 +210,11 @@ def fit(
     stop: Optional[StopRequest] = None,
     progress: bool = True,
 ) -> list[EpochLog]:
-    """Train ``model``'s trainable parameters in place; return one log per epoch run now.
+    """Train ``model``'s trainable parameters in place; return one log per epoch of the run.
 
+    The logs of epochs finished before a resume come from the saved state and
+    are passed to ``on_epoch`` first, so a logger started afresh still gets the
+    whole run's curves (and a finished run, rerun, gets them all again).
     Progress bars show on a terminal only (``disable=None``), so logs and
     ``dvc repro`` output get the one line per epoch instead.
     """
@@ -236,7 +243,7 @@ def fit(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
-    start_epoch, start_step = 0, 0
+    start_epoch, start_step, history = 0, 0, []
     state = load_state(state_path, cfg)
     if state is not None:
         load_trainable_state(_unwrap(model), state["trainable"], source=str(state_path))
@@ -246,8 +253,14 @@ def fit(
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, start_step = state["epoch"], state["step"]
+        history = [EpochLog(**log) for log in state.get("history", [])]
         if dist_info.is_main and start_epoch < cfg.epochs:
             print(f"resuming from {state_path}: epoch {start_epoch + 1}, step {start_step}")
+        elif dist_info.is_main:
+            print(f"{state_path} holds this run, finished: {start_epoch} epoch(s), nothing to train")
+    if dist_info.is_main and on_epoch is not None:
+        for log in history:
+            on_epoch(log)
 
     step_model = model
     if dist_info.world > 1:
@@ -265,7 +278,6 @@ def fit(
     num_batches = len(sampler)
     start_batch = min(start_step * accum_steps, num_batches)
 
-    logs: list[EpochLog] = []
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch, start_batch)
         model.train()
@@ -310,23 +322,23 @@ def fit(
             if last_of_step and stop_requested(stop, dist_info, device):
                 if dist_info.is_main:
                     save_state(state_path, epoch=epoch, step=-(-(batch_idx + 1) // accum_steps), model=model,
-                               optimizer=optimizer, scheduler=scheduler, scaler=scaler, cfg=cfg)
+                               optimizer=optimizer, scheduler=scheduler, scaler=scaler, cfg=cfg, history=history)
                 bar.close()
                 why = f"signal {stop.signal}" if stop.signal is not None else "a signal to another rank"
                 raise Interrupted(f"stopped by {why} at epoch {epoch + 1}, batch {batch_idx + 1}; state saved to {state_path}")
         bar.close()
         scheduler.step()
         start_batch = 0
-        if dist_info.is_main:
-            save_state(state_path, epoch=epoch + 1, step=0, model=model,
-                       optimizer=optimizer, scheduler=scheduler, scaler=scaler, cfg=cfg)
         elapsed = time.perf_counter() - started
         log = EpochLog(epoch + 1, loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), lr,
                        seen / max(elapsed, 1e-9), elapsed)
-        logs.append(log)
-        if dist_info.is_main and on_epoch is not None:
-            on_epoch(log)
-    return logs
+        history.append(log)
+        if dist_info.is_main:
+            save_state(state_path, epoch=epoch + 1, step=0, model=model,
+                       optimizer=optimizer, scheduler=scheduler, scaler=scaler, cfg=cfg, history=history)
+            if on_epoch is not None:
+                on_epoch(log)
+    return history
 
 
 @torch.inference_mode()

@@ -41,11 +41,6 @@ class TrainingRun:
     manifest: dict
     train: TrainParams
 
-    def resumes_from(self, state_path: Path) -> bool:
-        from liftplus.train import load_state
-
-        return load_state(state_path, self.config) is not None
-
 
 def prepare_training(
     params: Params, train: TrainParams, manifest: dict, train_shards: Sequence[Path], head_path: Path

@@ -17,13 +17,14 @@ from liftplus.train import EpochLog, Interrupted, StopRequest, fit
 from liftplus.training_run import finish_training, prepare_training
 
 
-def dvclive_logger(live_dir: str, resume: bool, epochs: int):
+def dvclive_logger(live_dir: str, epochs: int):
+    """A fresh DVCLive log: ``fit`` replays the epochs of a resumed run into it first."""
     import sqlite3
 
     from dvclive import Live
 
     try:
-        live = Live(live_dir, resume=resume, save_dvc_exp=False, dvcyaml=None)
+        live = Live(live_dir, resume=False, save_dvc_exp=False, dvcyaml=None)
     except (OSError, sqlite3.Error) as exc:  # DVCLive opens the DVC repo, whose state is an sqlite file
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise OutputError(f"{live_dir}: cannot start the DVCLive training log ({reason})") from exc
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
     live, on_epoch = (None, None)
     if run.dist.is_main:
-        live, on_epoch = dvclive_logger(args.live, run.resumes_from(state_path), run.config.epochs)
+        live, on_epoch = dvclive_logger(args.live, run.config.epochs)
     stop = StopRequest().install()
     try:
         with live or contextlib.nullcontext():

@@ -80,3 +80,18 @@ def test_plots_page_renders_without_internet(reproduced, tmp_path):
     page = (tmp_path / "plots" / "index.html").read_text()
     assert "vegaEmbed(" in page and "class_counts_csv" in page and "per_class_csv" in page
     assert "<script src=" not in page and "cdn.jsdelivr" not in page
+
+
+def test_rerun_on_a_finished_state_keeps_the_weights_and_the_curves(reproduced):
+    """As a sweep's experiment equal to the baseline does: the persisted state holds the
+    finished run, so train runs no epoch, yet its outputs and DVCLive curves are all there."""
+    project, _ = reproduced
+    loss_tsv = project / "dvclive/train/plots/metrics/train/loss.tsv"
+    curve = loss_tsv.read_text()
+    adapter = (project / "data/model/adapter.pt").read_bytes()
+
+    rerun = run(["dvc", "repro", "--force", "--single-item", "train"], project)
+    assert "nothing to train" in rerun.stdout
+    assert loss_tsv.read_text() == curve and len(curve.splitlines()) > 2  # header + every epoch
+    assert (project / "data/model/adapter.pt").read_bytes() == adapter
+    assert "up to date" in run(["dvc", "status"], project).stdout

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 from prefect.client.orchestration import get_client
 
 from fakeproject import dvc
-from flows.sweep import experiment_rows, grid_points, liftplus_sweep, metric_value, pick_best
+from flows.sweep import collect_results, experiment_rows, grid_points, liftplus_sweep, metric_value, pick_best
 
 
 def accuracy(lr: float, loss: str) -> float:
@@ -46,6 +47,19 @@ def test_sweep_over_four_experiments_names_the_best(prefect_api, fake_project, c
     assert f"**{result['best']}** = 95" in markdown
     assert f"| {result['best']} ★ | success | 0.01 | ce | 95 |" in markdown
     assert markdown.count("| success |") == 4
+
+    # A commit made after the sweep started moves HEAD; the results stay with their baseline.
+    baseline = subprocess.run(["git", "rev-parse", "HEAD"], cwd=fake_project, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    (fake_project / "NOTES.md").write_text("committed while the sweep ran\n")
+    subprocess.run(["git", "add", "NOTES.md"], cwd=fake_project, check=True)
+    subprocess.run(["git", "commit", "-qm", "notes"], cwd=fake_project, check=True)
+    names = [row["name"] for row in rows]
+    at_head = experiment_rows(json.loads(dvc(fake_project, "exp", "show", "--json").stdout), names, list(grid),
+                              "data/metrics/eval.json:accuracy")
+    assert {row["status"] for row in at_head} == {"missing"}
+    again = collect_results.fn(names, list(grid), "data/metrics/eval.json:accuracy", baseline, str(fake_project))
+    assert again == rows
 
     # The same results ranked the other way: the worst point is lr 0.02 with la (80).
     worst = pick_best(rows, maximize=False)
