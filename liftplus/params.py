@@ -37,6 +37,9 @@ class DataParams(_Section):
     val_list: Optional[str] = None
     test_list: Optional[str] = None
     max_short_side: int = Field(256, ge=0, description="0 keeps original sizes")
+    store: Literal["encoded", "pixels"] = Field(
+        "encoded", description="pixels: decoded uint8 .npy, no decode per epoch, ~10x the bytes of JPEG"
+    )
     shard_max_samples: int = Field(10000, gt=0)
     shard_max_bytes: int = Field(256 * 1024 * 1024, gt=0)
     on_decode_error: Literal["fail", "skip"] = "fail"

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with atomic_directory(args.out) as tmp:
             manifest = shard_source(
-                source, data.source, tmp, data.shard_max_samples, data.shard_max_bytes
+                source, data.source, tmp, data.shard_max_samples, data.shard_max_bytes, data.store
             )
     except (OSError, OutputError) as exc:
         refused = exc.__cause__ if isinstance(exc, OutputError) else exc  # the manifest's write

@@ -16,9 +16,9 @@ does not depend on who wrote or read the manifest.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,7 +32,7 @@ from liftplus.errors import DataError
 
 TRAIN_SPLIT = "train"
 IMAGE_MODES = ("L", "RGB")
-FORMAT_OF_EXT = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG"}
+FORMAT_OF_EXT = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "npy": "NPY"}
 LT_RULE_SOURCES = frozenset({"fashion-mnist", "cifar100"})
 """Sources made long-tailed by the CIFAR-LT rule, whose train counts fall with the label."""
 EXAMPLES_SHOWN = 3
@@ -84,22 +84,20 @@ def sample_positions(num_samples: int, sample_size: int) -> list[int]:
 
 def decode_facts(image_bytes: bytes, ext: str) -> dict[str, Any]:
     """Open and fully decode one encoded image; report what PIL saw or why it failed."""
-    from PIL import Image
+    from liftplus.data.images import open_image
 
     facts: dict[str, Any] = {
         "decoded": False, "error": None, "mode": None, "width": None, "height": None,
         "format": None, "expected_format": FORMAT_OF_EXT.get(ext.lower(), ext.upper()),
     }
-    buffer = io.BytesIO(image_bytes)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(buffer) as image:
-                image.load()
-                facts.update(decoded=True, mode=image.mode, width=image.width,
-                             height=image.height, format=image.format)
+            image = open_image(image_bytes, ext.lower())
+            facts.update(decoded=True, mode=image.mode, width=image.width, height=image.height,
+                         format=image.format or FORMAT_OF_EXT.get(ext.lower()))
     except Exception as exc:  # decode sanity is exactly "does any decoding error happen"
-        message = str(exc).replace(repr(buffer), "").strip()  # PIL names the buffer object
+        message = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc)).strip()  # PIL names the buffer
         facts["error"] = f"{type(exc).__name__}: {message.splitlines()[0] if message else ''}"
     return facts
 

@@ -5,6 +5,11 @@ and no EXIF rotation is copied byte for byte. Anything else is decoded once,
 turned upright, converted to 8-bit RGB or L, shrunk so its short side is
 ``max_short_side`` if it is larger, and re-encoded (JPEG stays JPEG at
 quality 95; every other format becomes PNG).
+
+With ``data.store: pixels`` every image is instead stored decoded, as the
+uint8 ``.npy`` array of its pixels (H x W x 3, or H x W for grayscale): no
+decode when training, for ``H * W * channels + 128`` bytes an image (a
+256 x 341 RGB photo: 262 KB against about 25 KB as JPEG).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 JPEG_QUALITY = 95
+PIXELS_EXT = "npy"
 EXIF_ORIENTATION = 0x0112
 _EIGHT_BIT_MODES = ("RGB", "L")
 
@@ -57,6 +63,35 @@ def to_eight_bit(image: Image.Image) -> Image.Image:
     if image.mode in ("1", "LA", "La"):
         return image.convert("L")
     return image.convert("RGB")
+
+
+def encode_pixels(image: Image.Image) -> bytes:
+    """The ``.npy`` bytes of an 8-bit RGB or L image's pixels (no pickle, C order)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(np.asarray(to_eight_bit(image))), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_pixels(data: bytes) -> Image.Image:
+    """The image stored by :func:`encode_pixels`; ValueError if it is not such an array."""
+    array = np.load(io.BytesIO(data), allow_pickle=False)
+    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+        raise ValueError(f"expected a uint8 H x W or H x W x 3 array, got {array.dtype} {array.shape}")
+    return Image.fromarray(array)
+
+
+def open_image(data: bytes, ext: str) -> Image.Image:
+    """A shard member's image, fully decoded (``npy`` pixels or an encoded PNG/JPEG)."""
+    if ext == PIXELS_EXT:
+        return decode_pixels(data)
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def as_pixels(data: bytes, ext: str) -> bytes:
+    """Stored image bytes re-stored as pixels (decoded once, here, instead of every epoch)."""
+    return encode_pixels(open_image(data, ext))
 
 
 def _open_decoded(raw: bytes) -> Image.Image:

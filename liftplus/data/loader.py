@@ -28,9 +28,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from liftplus.data.images import open_image
 from liftplus.errors import DataError
 
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "npy")
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,8 @@ class ShardIndex(Dataset):
     def decode(self, i: int) -> Image.Image:
         s = self.samples[i]
         try:
-            with Image.open(io.BytesIO(self.read_bytes(i))) as img:
-                img.load()
-                return img.convert("RGB") if img.mode != "RGB" else img.copy()
+            img = open_image(self.read_bytes(i), s.ext)
+            return img.convert("RGB") if img.mode != "RGB" else img
         except Exception as exc:
             raise DataError(f"{self.paths[s.shard]}: sample {s.key} does not decode ({exc})") from None
 

@@ -1,7 +1,7 @@
 """WebDataset shards: writing them reproducibly, reading them back with clear errors.
 
 A sample is three tar members, ``{key}.cls`` (decimal label), ``{key}.json``
-(``{"label": ..., "source": ...}``) and ``{key}.png`` or ``{key}.jpg``, written
+(``{"label": ..., "source": ...}``) and ``{key}.png``, ``{key}.jpg`` or ``{key}.npy`` (decoded pixels), written
 by webdataset's TarWriter with a fixed mtime, owner and mode and in a fixed
 member order, so the same records always give byte-identical tars.
 """
@@ -22,7 +22,7 @@ from liftplus.errors import DataError
 from liftplus.io import sha256_file
 
 SHARD_PATTERN = "{split}-%06d.tar"
-IMAGE_EXTS = ("png", "jpg")
+IMAGE_EXTS = ("png", "jpg", "npy")
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
 _END_OF_ARCHIVE = 2 * _BLOCK
@@ -46,7 +46,7 @@ def sample_members(record: Record) -> dict[str, Any]:
     if "." in record.key or "/" in record.key or not record.key:
         raise DataError(f"{record.source}: key {record.key!r} is not a valid tar member stem")
     if record.ext not in IMAGE_EXTS:
-        raise DataError(f"{record.source}: image extension {record.ext!r} is not png or jpg")
+        raise DataError(f"{record.source}: image extension {record.ext!r} is not png, jpg or npy")
     meta = {"label": record.label, "source": record.source}
     return {
         "__key__": record.key,
@@ -158,7 +158,7 @@ def _decode_sample(path: Path, key: str, sample: dict[str, bytes]):
     images = [ext for ext in IMAGE_EXTS if ext in sample]
     if len(images) != 1 or "cls" not in sample or "json" not in sample or len(sample) != 3:
         members = sorted(sample)
-        raise _corrupt(path, f"sample {key!r} has members {members}, expected cls, json, png|jpg")
+        raise _corrupt(path, f"sample {key!r} has members {members}, expected cls, json, png|jpg|npy")
     try:
         label = int(sample["cls"].decode("ascii"))
         meta = json.loads(sample["json"].decode("utf-8"))

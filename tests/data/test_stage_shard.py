@@ -100,3 +100,37 @@ def test_wrong_source_name(tmp_path, capsys):
     assert_failed_cleanly(capsys, exc_info, out, "'data.source' is 'mnist'")
     assert not out.exists()
 
+
+
+def test_pixel_store_holds_the_decoded_images_the_loader_reads_identically(tmp_path):
+    """``data.store: pixels`` keeps each image as its uint8 array: the loader then yields the very
+    tensors it yields from the (lossless PNG) encoded shards, and validate's decode check passes."""
+    import torch
+
+    from liftplus.data.expectations import decode_facts
+    from liftplus.data.loader import ShardIndex
+    from liftplus.data.transforms import train_transform
+
+    make_fashion_mnist(tmp_path / "raw", per_class=20, test_per_class=2)
+    common = dict(root=str(tmp_path / "raw"), imbalance_ratio=10, shard_max_samples=50)
+    run_stage(write_params(tmp_path, **common), tmp_path / "encoded")
+    (tmp_path / "p").mkdir()
+    run_stage(write_params(tmp_path / "p", store="pixels", **common), tmp_path / "pixels")
+
+    encoded = list(iter_shard(tmp_path / "encoded/train-000000.tar"))
+    pixels = list(iter_shard(tmp_path / "pixels/train-000000.tar"))
+    assert [(k, label) for k, label, *_ in pixels] == [(k, label) for k, label, *_ in encoded]
+    assert {ext for *_, ext, _ in pixels} == {"npy"}
+    key, label, data, ext, _ = pixels[0]
+    assert len(data) == 28 * 28 + 128  # header + one byte a pixel (grayscale)
+    facts = decode_facts(data, ext)
+    assert (facts["decoded"], facts["width"], facts["height"], facts["format"]) == (True, 28, 28, "NPY")
+    assert decode_facts(b"\x93NUMPY garbage", "npy")["error"]
+
+    transform = train_transform(16, (0.5,) * 3, (0.25,) * 3, epochs=2)
+    shards = {name: sorted((tmp_path / name).glob("train-*.tar")) for name in ("encoded", "pixels")}
+    datasets = {name: ShardIndex(paths, transform, seed=3) for name, paths in shards.items()}
+    for i in range(0, len(datasets["encoded"]), 7):
+        a, la = datasets["encoded"][(1, i)]
+        b, lb = datasets["pixels"][(1, i)]
+        assert la == lb and torch.equal(a, b)

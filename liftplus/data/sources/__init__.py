@@ -23,7 +23,7 @@ class Record:
     label: int
     image: bytes
     ext: str
-    """``png`` or ``jpg``: the format of ``image``."""
+    """``png``, ``jpg`` or ``npy`` (decoded pixels): the format of ``image``."""
     source: str
     """Where it came from: a path relative to ``data.root`` or ``file#index``."""
 
