@@ -91,6 +91,11 @@ class TrainParams(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
     verify_checksums: bool = False
+    input: Literal["auto", "float", "uint8", "encoded"] = Field(
+        "auto", description="what loader workers hand over; auto: uint8 on CUDA, float elsewhere"
+    )
+    prefetch: int = Field(4, gt=0, description="batches in flight per worker")
+    persistent_workers: bool = True
 
     @model_validator(mode="after")
     def _micro_batch_divides(self) -> "TrainParams":
@@ -107,6 +112,11 @@ class EvaluateParams(_Section):
     batch_size: int = Field(256, gt=0)
     workers: int = Field(2, ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    input: Literal["auto", "float", "uint8", "encoded"] = Field(
+        "auto", description="what loader workers hand over; auto: uint8 on CUDA, float elsewhere"
+    )
+    prefetch: int = Field(4, gt=0, description="batches in flight per worker")
+    persistent_workers: bool = True
 
 
 class RegisterParams(_Section):

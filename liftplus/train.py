@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from liftplus.data.input_path import finish_batch
 from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
 from liftplus.errors import CheckpointError, TrainingError
 from liftplus.io import save_torch
@@ -49,6 +50,8 @@ class RunConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    prefetch: int = 4
+    persistent_workers: bool = True
     fingerprint: str = ""
 
 
@@ -238,7 +241,7 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-        foreach=device.type == "cuda",
+        fused=True if device.type == "cuda" else None,
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -274,7 +277,8 @@ def fit(
         len(dataset), cfg.micro_batch, shuffle=True, seed=cfg.seed,
         rank=dist_info.rank, world=dist_info.world,
     )
-    loader = make_loader(dataset, sampler, cfg.workers, pin_memory=device.type == "cuda")
+    loader = make_loader(dataset, sampler, cfg.workers, pin_memory=device.type == "cuda",
+                         prefetch=cfg.prefetch, persistent=cfg.persistent_workers)
     num_batches = len(sampler)
     start_batch = min(start_step * accum_steps, num_batches)
 
@@ -288,7 +292,7 @@ def fit(
             disable=None if progress and dist_info.is_main else True, mininterval=1.0, leave=False,
         )
         for batch_idx, (images, labels) in enumerate(loader, start=start_batch):
-            images = images.to(device, non_blocking=True)
+            images = finish_batch(dataset.transform, images, device)
             labels = labels.to(device, non_blocking=True)
             last_of_step = (batch_idx + 1) % accum_steps == 0 or batch_idx + 1 == num_batches
             sync = contextlib.nullcontext() if last_of_step or dist_info.world == 1 else step_model.no_sync()
@@ -352,6 +356,7 @@ def _inference(
     progress: bool,
     desc: str,
     subset: Optional[list[int]] = None,
+    prefetch: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``forward`` on every sample (or ``subset``) in order, with the labels.
 
@@ -361,10 +366,10 @@ def _inference(
     """
     amp_dtype = autocast_dtype(precision, device)
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=False, subset=subset)
-    loader = make_loader(dataset, sampler, workers, pin_memory=device.type == "cuda")
+    loader = make_loader(dataset, sampler, workers, pin_memory=device.type == "cuda", prefetch=prefetch)
     outputs, all_labels = [], []
     for images, labels in tqdm(loader, desc=desc, disable=None if progress else True, mininterval=1.0, leave=False):
-        images = images.to(device, non_blocking=True)
+        images = finish_batch(dataset.transform, images, device)
         crops = images.dim() == 5
         if crops:
             b, n = images.shape[:2]
@@ -380,11 +385,12 @@ def _inference(
 
 def predict_logits(
     model: nn.Module, dataset: ShardIndex, batch_size: int, workers: int, device: torch.device,
-    precision: str = "auto", progress: bool = True,
+    precision: str = "auto", progress: bool = True, prefetch: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (TTE-averaged for stacked crops) and labels of every sample, in dataset order."""
     model.to(device).eval()
-    return _inference(model, dataset, batch_size, workers, device, precision, progress, "evaluate")
+    return _inference(model, dataset, batch_size, workers, device, precision, progress, "evaluate",
+                      prefetch=prefetch)
 
 
 def predict_features(

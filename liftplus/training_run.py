@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from liftplus.data.input_path import eval_input, resolve_hand_off, train_input
 from liftplus.data.loader import ShardIndex
-from liftplus.data.transforms import test_transform, train_transform
 from liftplus.errors import ParamsError
 from liftplus.head_init import load_text_init
 from liftplus.io import sha256_file
@@ -60,13 +60,18 @@ def prepare_training(
 
     head_source = initialise_head(model, params, train, classnames, train_shards, head_path)
 
-    transform = train_transform(pre.image_size, pre.mean, pre.std, max(train.epochs, 1), train.mda, train.mda_schedule)
+    dist = distributed_from_env()
+    hand_off = resolve_hand_off(train.input, pick_device(train.device, dist))
+    transform = train_input(hand_off, pre.image_size, pre.mean, pre.std, max(train.epochs, 1),
+                            train.mda, train.mda_schedule)
     dataset = ShardIndex(train_shards, transform, num_classes=num_classes, seed=train.seed)
     loss = build_loss(train.loss, train_counts, tau=train.tau, scale=params.model.scale)
 
     fingerprint = run_fingerprint(
         model=model_cfg.to_dict(),
-        train=train.model_dump(exclude={"workers", "verify_checksums", "device"}),
+        train=train.model_dump(exclude={"workers", "verify_checksums", "device", "input",
+                                        "prefetch", "persistent_workers"}),
+        input=hand_off,
         head_init=params.model.head_init,
         head_source=head_source,
         shards=[s["sha256"] for s in manifest["splits"]["train"]["shards"]],
@@ -75,9 +80,10 @@ def prepare_training(
         epochs=train.epochs, lr=train.lr, batch_size=train.batch_size, micro_batch=train.micro_batch,
         weight_decay=train.weight_decay, momentum=train.momentum, workers=train.workers, seed=train.seed,
         deterministic=train.deterministic, device=train.device, precision=train.precision,
-        compile=train.compile, fingerprint=fingerprint,
+        compile=train.compile, prefetch=train.prefetch, persistent_workers=train.persistent_workers,
+        fingerprint=fingerprint,
     )
-    return TrainingRun(model, dataset, loss, config, distributed_from_env(), manifest, train)
+    return TrainingRun(model, dataset, loss, config, dist, manifest, train)
 
 
 def initialise_head(
@@ -105,7 +111,9 @@ def init_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Image features of up to 100 training images per class, test-transformed."""
     pre = model.preprocess
-    dataset = ShardIndex(train_shards, test_transform(pre.image_size, pre.mean, pre.std), num_classes)
+    device = pick_device(train.device, Distributed())
+    hand_off = resolve_hand_off(train.input, device)
+    dataset = ShardIndex(train_shards, eval_input(hand_off, pre.image_size, pre.mean, pre.std), num_classes)
     generator = torch.Generator().manual_seed(train.seed)
     by_class: dict[int, list[int]] = {}
     for i in torch.randperm(len(dataset), generator=generator).tolist():
@@ -113,7 +121,6 @@ def init_features(
         if len(picked) < INIT_IMAGES_PER_CLASS:
             picked.append(i)
     indices = sorted(i for picked in by_class.values() for i in picked)
-    device = pick_device(train.device, Distributed())
     return predict_features(model, dataset, indices, train.micro_batch, train.workers, device, train.precision)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from liftplus.data.loader import ShardIndex
 from liftplus.data.manifest import read_manifest, shard_paths
-from liftplus.data.transforms import test_transform, tte_transform
+from liftplus.data.input_path import eval_input, resolve_hand_off
 from liftplus.errors import DEBUG_FLAG, DEBUG_HELP, DataError, exit_on_error
 from liftplus.evaluate import check_classnames, evaluation_report
 from liftplus.io import write_json, write_text
@@ -46,13 +46,12 @@ def main(argv: list[str] | None = None) -> None:
     model, _, checkpoint = model_from_checkpoint(args.model, num_classes=len(classnames))
     check_classnames(args.model, checkpoint.get("extra", {}).get("classnames"), classnames)
     pre = model.preprocess
-    if params.tte:
-        transform = tte_transform(pre.image_size, pre.mean, pre.std, expand=params.tte_expand)
-    else:
-        transform = test_transform(pre.image_size, pre.mean, pre.std)
-    dataset = ShardIndex(shard_paths(manifest, shard_dir, args.split), transform, num_classes=len(classnames))
     device = pick_device("auto", Distributed())
-    logits, labels = predict_logits(model, dataset, params.batch_size, params.workers, device, params.precision)
+    transform = eval_input(resolve_hand_off(params.input, device), pre.image_size, pre.mean, pre.std,
+                           tte=params.tte, expand=params.tte_expand)
+    dataset = ShardIndex(shard_paths(manifest, shard_dir, args.split), transform, num_classes=len(classnames))
+    logits, labels = predict_logits(model, dataset, params.batch_size, params.workers, device, params.precision,
+                                    prefetch=params.prefetch)
 
     report = evaluation_report(logits, labels, manifest["splits"]["train"]["class_counts"], classnames, params.tte)
     out = Path(args.out)

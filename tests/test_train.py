@@ -389,3 +389,10 @@ def test_ddp_stop_on_one_rank_stops_all_and_resumes_on_one_process(shards, refer
     resumed, epochs = train(shards, tmp_path / "state.pt")  # one process, micro 8 x 2: starts at micro-batch 4
     assert [log.epoch for log in epochs] == [1, 2]
     assert max_difference(trainable_state(resumed), reference["weights"]) < 1e-5
+
+
+def test_compiled_step_gives_the_eager_loss(shards, reference, tmp_path):
+    """``train.compile``: torch.compile (inductor, a C++ compiler on CPU) trains the same model."""
+    model, logs = train(shards, tmp_path / "state.pt", compile=True, epochs=EPOCHS)
+    assert [log.loss for log in logs] == pytest.approx([log.loss for log in reference["logs"]], rel=1e-4)
+    assert max_difference(trainable_state(model), reference["weights"]) < 1e-4

@@ -104,7 +104,9 @@ class ShardIndex(Dataset):
     ``transform`` turns a decoded RGB image into a tensor. A random (training)
     transform has ``set_epoch`` and takes ``generator=``: it gets a generator
     seeded from ``(seed, epoch, i)``, so augmentation does not depend on which
-    worker, rank or resume point produced the sample.
+    worker, rank or resume point produced the sample. A
+    :class:`~liftplus.data.input_path.WorkerInput` says so with ``random``, and
+    one that ``takes_encoded`` gets the stored bytes rather than a decoded image.
     """
 
     def __init__(
@@ -157,14 +159,21 @@ class ShardIndex(Dataset):
         except Exception as exc:
             raise DataError(f"{self.paths[s.shard]}: sample {s.key} does not decode ({exc})") from None
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, int]):
         epoch, i = item
-        image = self.decode(i)
-        if hasattr(self.transform, "set_epoch"):
-            self.transform.set_epoch(epoch)
+        transform, sample = self.transform, self.samples[i]
+        random = getattr(transform, "random", hasattr(transform, "set_epoch"))
+        generator = None
+        if random:
+            transform.set_epoch(epoch)
             generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, i))
-            return self.transform(image, generator=generator), self.samples[i].label
-        return self.transform(image), self.samples[i].label
+        if getattr(transform, "takes_encoded", False):
+            try:
+                return transform.encoded(self.read_bytes(i), sample.ext, generator), sample.label
+            except Exception as exc:
+                raise DataError(f"{self.paths[sample.shard]}: sample {sample.key} does not decode ({exc})") from None
+        image = self.decode(i)
+        return (transform(image, generator=generator) if random else transform(image)), sample.label
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -241,14 +250,18 @@ def make_loader(
     batch_sampler: EpochBatchSampler,
     workers: int,
     pin_memory: bool = False,
+    prefetch: int = 4,
+    persistent: bool = False,
 ) -> DataLoader:
+    """Workers keep ``prefetch`` batches each in flight; ``persistent`` keeps them across epochs."""
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=workers,
+        collate_fn=getattr(dataset.transform, "collate", None),
         pin_memory=pin_memory,
-        persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=persistent and workers > 0,
+        prefetch_factor=prefetch if workers > 0 else None,
         # Worker seeds come from here, not from torch's global RNG, which stays the model's
         # alone (dropout), so a run resumed mid-epoch continues the same random stream.
         generator=torch.Generator(),

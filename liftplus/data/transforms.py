@@ -166,7 +166,11 @@ class MinimalistRandomResizedCrop(nn.Module):
 
     def get_params(self, img, generator: Optional[torch.Generator] = None) -> Box:
         _, height, width = TF.get_dimensions(img)
-        return sample_mda_box(height, width, self.min_scale, self.scale[1], generator)
+        return self.draw(height, width, generator)[0]
+
+    def draw(self, height: int, width: int, generator: Optional[torch.Generator] = None) -> tuple[Box, bool]:
+        """The crop box (and whether to flip: never) for a ``height x width`` image."""
+        return sample_mda_box(height, width, self.min_scale, self.scale[1], generator), False
 
     def forward(self, img, generator: Optional[torch.Generator] = None):
         i, j, h, w = self.get_params(img, generator)
@@ -190,13 +194,16 @@ class RandomResizedCropFlip(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """No schedule: present so every train crop has the same interface."""
 
+    def draw(self, height: int, width: int, generator: Optional[torch.Generator] = None) -> tuple[Box, bool]:
+        """The crop box and the flip for a ``height x width`` image, drawn in torchvision's order."""
+        box = sample_rrc_box(height, width, generator=generator)
+        return box, bool(torch.rand(1, generator=generator) < 0.5)
+
     def forward(self, img, generator: Optional[torch.Generator] = None):
         _, height, width = TF.get_dimensions(img)
-        i, j, h, w = sample_rrc_box(height, width, generator=generator)
+        (i, j, h, w), flip = self.draw(height, width, generator)
         img = TF.resized_crop(img, i, j, h, w, self.size, self.interpolation, antialias=True)
-        if torch.rand(1, generator=generator) < 0.5:
-            img = TF.hflip(img)
-        return img
+        return TF.hflip(img) if flip else img
 
 
 def _finish(mean: Sequence[float], std: Sequence[float], uint8: bool) -> Callable:
