@@ -47,11 +47,14 @@ def offline_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_child(module: str, args: Sequence[str], timeout: float) -> dict[str, float]:
-    """Run ``python -m module args`` in a fresh process; return the dict it reported with :func:`report`."""
+def run_child(
+    module: str, args: Sequence[str], timeout: float, env: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Run ``python -m module args`` in a fresh process (``env`` added to its environment);
+    return the dict it reported with :func:`report`."""
     cmd = [sys.executable, "-m", module, *args]
     result = subprocess.run(
-        cmd, cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=timeout
+        cmd, cwd=REPO, env=offline_env(**(env or {})), capture_output=True, text=True, timeout=timeout
     )
     lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if result.returncode != 0 or not lines:

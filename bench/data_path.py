@@ -7,7 +7,9 @@ Both read the same synthetic 500×375 JPEG photos and produce normalised
   pre-resized), read through ``ShardIndex`` + ``EpochBatchSampler`` +
   ``make_loader`` with the MDA train transform (first epoch, bicubic);
 * ours, uint8: the same, workers hand over uint8 crops and the main process
-  runs ``normalize_batch`` (inside the timed loop);
+  runs ``normalize_batch`` (inside the timed loop): ``train.input: uint8``;
+* ours, pixels: shards of decoded pixels (``data.store: pixels``, short side
+  256) with the uint8 hand-off: no JPEG decode per epoch;
 * ours, originals: shards with ``max_short_side: 0`` (the photos copied as they
   are), to separate the gain of pre-resizing from the loader itself;
 * baseline: ``torchvision.datasets.ImageFolder`` over the photo folder, PIL,
@@ -38,11 +40,11 @@ from torchvision.transforms import InterpolationMode
 
 from bench.common import BenchContext, ratio
 from bench.photos import PHOTO_COUNT, QUICK_PHOTO_COUNT, photo_folder
-from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
+from liftplus.data.input_path import finish_batch, train_input
+from liftplus.data.loader import EpochBatchSampler, ShardIndex, index_shard, make_loader
 from liftplus.data.manifest import read_manifest, shard_paths
 from liftplus.data.sharding import shard_source
 from liftplus.data.sources import open_source
-from liftplus.data.transforms import normalize_batch, train_transform
 from liftplus.params import DataParams
 
 RES = 224
@@ -50,10 +52,16 @@ BATCH = 32
 WORKERS = 2
 EPOCHS = 5
 MEAN, STD = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+CPU = torch.device("cpu")
 
 FIGURES = {
     "data_path_speedup": "ratio: our shard loader ÷ ImageFolder+PIL+torchvision, samples/s (same photos, 2 workers)",
     "data_path_uint8_speedup": "ratio: ours with uint8 hand-off + normalize_batch ÷ ImageFolder",
+    "data_path_pixels_speedup": "ratio: ours on pixel shards (data.store pixels) with uint8 hand-off ÷ ImageFolder",
+    "data_path_pixels_cpu_speedup": "ratio: ImageFolder ÷ ours-pixels CPU seconds per sample",
+    "data_path_ours_pixels_samples_per_second": "our loader on pixel shards, uint8 hand-off, normalised in the main process, samples/s",
+    "data_path_pixels_bytes_per_image": "pixel shards: bytes per image (256 px short side, RGB)",
+    "data_path_jpeg_bytes_per_image": "JPEG shards: bytes per image (256 px short side, quality 95)",
     "data_path_originals_speedup": "ratio: ours on shards of the original-size photos ÷ ImageFolder",
     "data_path_cpu_speedup": "ratio: ImageFolder ÷ ours CPU seconds per sample (all processes): less sensitive to other load",
     "data_path_uint8_cpu_speedup": "ratio: ImageFolder ÷ ours-uint8 CPU seconds per sample",
@@ -68,20 +76,27 @@ FIGURES = {
 }
 
 
-def shard_photos(photos: Path, out_dir: Path, max_short_side: int) -> list[Path]:
+def shard_photos(photos: Path, out_dir: Path, max_short_side: int, store: str = "encoded") -> list[Path]:
     """The photo folder as liftplus shards (``data.source: imagefolder``); the train shard paths."""
     if not (out_dir / "manifest.json").is_file():
-        data = DataParams(source="imagefolder", root=str(photos), max_short_side=max_short_side)
+        data = DataParams(source="imagefolder", root=str(photos), max_short_side=max_short_side, store=store)
         out_dir.mkdir(parents=True, exist_ok=True)
-        shard_source(open_source(data), data.source, out_dir, data.shard_max_samples, data.shard_max_bytes)
+        shard_source(open_source(data), data.source, out_dir, data.shard_max_samples, data.shard_max_bytes,
+                     data.store)
     return shard_paths(read_manifest(out_dir / "manifest.json"), out_dir, "train")
 
 
-def our_loader(shards: list[Path], uint8: bool, seed: int) -> DataLoader:
-    transform = train_transform(RES, MEAN, STD, epochs=EPOCHS, mda=True, uint8=uint8)
+def our_batches(shards: list[Path], hand_off: str, seed: int) -> Iterable:
+    """Batches as the train stage gets them: workers' output finished by ``finish_batch`` (on the CPU)."""
+    transform = train_input(hand_off, RES, MEAN, STD, epochs=EPOCHS, mda=True)
     dataset = ShardIndex(shards, transform, seed=0)
     sampler = EpochBatchSampler(len(dataset), BATCH, shuffle=True, seed=seed)
-    return make_loader(dataset, sampler, WORKERS)
+    for images, labels in make_loader(dataset, sampler, WORKERS):
+        yield finish_batch(transform, images, CPU), labels
+
+
+def bytes_per_image(shards: list[Path]) -> float:
+    return sum(p.stat().st_size for p in shards) / sum(1 for p in shards for _ in index_shard(p))
 
 
 def imagefolder_loader(photos: Path) -> DataLoader:
@@ -92,11 +107,6 @@ def imagefolder_loader(photos: Path) -> DataLoader:
     ])
     return DataLoader(datasets.ImageFolder(str(photos), transform=transform),
                       batch_size=BATCH, shuffle=True, num_workers=WORKERS)
-
-
-def _normalised(loader: DataLoader):
-    for images, labels in loader:
-        yield normalize_batch(images, MEAN, STD), labels
 
 
 def _check_batch(images: torch.Tensor) -> None:
@@ -137,12 +147,14 @@ def run(ctx: BenchContext) -> dict[str, float]:
     ctx.log(f"data_path: {count} synthetic 500x375 JPEGs, {rounds} round(s)")
     photos = photo_folder(ctx.workdir / f"photos-{count}", count)
     resized = shard_photos(photos, ctx.workdir / f"photo-shards-{count}-256", 256)
+    pixels = shard_photos(photos, ctx.workdir / f"photo-shards-{count}-256-pixels", 256, store="pixels")
     originals = shard_photos(photos, ctx.workdir / f"photo-shards-{count}-0", 0)
 
     arms = {
-        "ours": lambda r: our_loader(resized, uint8=False, seed=r),
-        "ours_uint8": lambda r: _normalised(our_loader(resized, uint8=True, seed=r)),
-        "ours_originals": lambda r: our_loader(originals, uint8=False, seed=r),
+        "ours": lambda r: our_batches(resized, "float", seed=r),
+        "ours_uint8": lambda r: our_batches(resized, "uint8", seed=r),
+        "ours_pixels": lambda r: our_batches(pixels, "uint8", seed=r),
+        "ours_originals": lambda r: our_batches(originals, "float", seed=r),
         "imagefolder": lambda r: imagefolder_loader(photos),
     }
     rate = {name: 0.0 for name in arms}
@@ -158,6 +170,11 @@ def run(ctx: BenchContext) -> dict[str, float]:
     return {
         "data_path_speedup": ratio(rate["ours"], rate[base]),
         "data_path_uint8_speedup": ratio(rate["ours_uint8"], rate[base]),
+        "data_path_pixels_speedup": ratio(rate["ours_pixels"], rate[base]),
+        "data_path_pixels_cpu_speedup": ratio(cpu[base], cpu["ours_pixels"]),
+        "data_path_ours_pixels_samples_per_second": rate["ours_pixels"],
+        "data_path_pixels_bytes_per_image": bytes_per_image(pixels),
+        "data_path_jpeg_bytes_per_image": bytes_per_image(resized),
         "data_path_originals_speedup": ratio(rate["ours_originals"], rate[base]),
         "data_path_cpu_speedup": ratio(cpu[base], cpu["ours"]),
         "data_path_uint8_cpu_speedup": ratio(cpu[base], cpu["ours_uint8"]),

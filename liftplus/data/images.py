@@ -72,12 +72,37 @@ def encode_pixels(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+_NPY_PREAMBLE = 10
+"""Magic string, version and header length of a version 1.0 ``.npy`` file."""
+_pixel_layouts: dict[bytes, tuple[str, tuple[int, int], int]] = {}
+
+
+def _pixel_layout(data: bytes) -> tuple[str, tuple[int, int], int]:
+    """(PIL mode, (width, height), offset of the pixels) from an ``.npy`` header, parsed once per shape."""
+    header_end = _NPY_PREAMBLE + int.from_bytes(data[8:10], "little")
+    key = bytes(data[:header_end])
+    layout = _pixel_layouts.get(key)
+    if layout is None:
+        stream = io.BytesIO(key)
+        if np.lib.format.read_magic(stream) != (1, 0):
+            raise ValueError("not a version 1.0 .npy array")
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        if dtype != np.uint8 or fortran or not (len(shape) == 2 or (len(shape) == 3 and shape[2] == 3)):
+            raise ValueError(f"expected a uint8 H x W or H x W x 3 array, got {dtype} {shape}")
+        layout = ("L" if len(shape) == 2 else "RGB", (shape[1], shape[0]), header_end)
+        _pixel_layouts[key] = layout
+    return layout
+
+
 def decode_pixels(data: bytes) -> Image.Image:
     """The image stored by :func:`encode_pixels`; ValueError if it is not such an array."""
-    array = np.load(io.BytesIO(data), allow_pickle=False)
-    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
-        raise ValueError(f"expected a uint8 H x W or H x W x 3 array, got {array.dtype} {array.shape}")
-    return Image.fromarray(array)
+    if len(data) < _NPY_PREAMBLE or data[:6] != b"\x93NUMPY":
+        raise ValueError("not an .npy array")
+    mode, size, offset = _pixel_layout(data)
+    expected = size[0] * size[1] * len(mode)
+    if len(data) - offset != expected:
+        raise ValueError(f"{len(data) - offset} bytes of pixels, expected {expected} for {size[0]}x{size[1]} {mode}")
+    return Image.frombuffer(mode, size, memoryview(data)[offset:], "raw", mode, 0, 1)
 
 
 def open_image(data: bytes, ext: str) -> Image.Image:

