@@ -138,11 +138,14 @@ def distributed_from_env() -> Distributed:
 
 
 def init_distributed(info: Distributed, device: torch.device) -> None:
+    """One process group per run; each rank on its own GPU, set before NCCL starts (its
+    communicator, the decode of ``input: encoded`` and pinned copies then use that GPU)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if info.world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world,
+                                device_id=device if device.type == "cuda" else None)
 
 
 def save_state(
@@ -161,6 +164,7 @@ def save_state(
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
         "history": [asdict(log) for log in history],
     }
     save_torch(state, path)
@@ -255,6 +259,8 @@ def fit(
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         start_epoch, start_step = state["epoch"], state["step"]
         history = [EpochLog(**log) for log in state.get("history", [])]
         if dist_info.is_main and start_epoch < cfg.epochs:
