@@ -376,17 +376,23 @@ def _inference(
     outputs, all_labels = [], []
     for images, labels in tqdm(loader, desc=desc, disable=None if progress else True, mininterval=1.0, leave=False):
         images = finish_batch(dataset.transform, images, device)
-        crops = images.dim() == 5
-        if crops:
-            b, n = images.shape[:2]
-            images = images.flatten(0, 1)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = forward(images).float()
-        if crops:
-            out = out.view(b, n, -1).mean(dim=1)
-        outputs.append(out.cpu())
+        outputs.append(forward_crops(forward, images, amp_dtype).cpu())
         all_labels.append(labels)
     return torch.cat(outputs), torch.cat(all_labels)
+
+
+def forward_crops(
+    forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, amp_dtype: Optional[torch.dtype]
+) -> torch.Tensor:
+    """Float outputs of ``forward`` on a batch; a batch of crop stacks ``(B, n, C, H, W)`` goes
+    through as one ``n * B`` forward and each sample's ``n`` outputs are averaged."""
+    crops = images.dim() == 5
+    if crops:
+        b, n = images.shape[:2]
+        images = images.flatten(0, 1)
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        out = forward(images).float()
+    return out.view(b, n, -1).mean(dim=1) if crops else out
 
 
 def predict_logits(
