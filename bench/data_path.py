@@ -148,7 +148,7 @@ def measure_pass(make_batches: Callable[[], Iterable]) -> tuple[float, float]:
 
 def run(ctx: BenchContext) -> dict[str, float]:
     count = QUICK_PHOTO_COUNT if ctx.quick else PHOTO_COUNT
-    rounds = 1 if ctx.quick else 2
+    rounds = 1 if ctx.quick else 3
     ctx.log(f"data_path: {count} synthetic 500x375 JPEGs, {rounds} round(s)")
     photos = photo_folder(ctx.workdir / f"photos-{count}", count)
     resized = shard_photos(photos, ctx.workdir / f"photo-shards-{count}-256", 256)

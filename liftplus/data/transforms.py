@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -125,20 +126,25 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
-    """(3, H, W) uint8 tensor of a PIL image, grayscale replicated to 3 channels."""
-    return TF.pil_to_tensor(to_rgb(img))
+    """Contiguous (3, H, W) uint8 tensor of a PIL image, grayscale replicated to 3 channels.
+
+    Transposed here by numpy (as cheap as ``pil_to_tensor``'s channel-first
+    view), so the batch is stacked by plain copies: stacking 32 such views
+    transposes each and took 7 ms a batch against 0.5.
+    """
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(to_rgb(img)).transpose(2, 0, 1)))
 
 
 def normalize_batch(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Float images from uint8 ones (``(..., C, H, W)``), as ``ToTensor`` then ``Normalize`` compute them.
 
-    One fused pass, ``x * (1 / (255 std)) - mean / std``, into one new tensor:
-    equal to ``(x / 255 - mean) / std`` to float rounding (< 1e-6), and several
-    times faster on the CPU than the four-pass form.
+    ``x * (1 / (255 std)) - mean / std`` in place on one new float tensor: equal
+    to ``(x / 255 - mean) / std`` to float rounding (< 1e-6), and several times
+    faster on the CPU than that four-pass form or a type-promoting ``addcmul``.
     """
     std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(-1, 1, 1)
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(-1, 1, 1)
-    return torch.addcmul(-mean_t / std_t, images, 1.0 / (255.0 * std_t))
+    return images.to(torch.float32).mul_(1.0 / (255.0 * std_t)).sub_(mean_t / std_t)
 
 
 class MinimalistRandomResizedCrop(nn.Module):
