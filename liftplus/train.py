@@ -74,6 +74,8 @@ class EpochLog:
     lr: float
     images_per_second: float
     seconds: float
+    replayed: bool = field(default=False, compare=False)
+    """True for an epoch trained before a resume, whose log came back from the saved state."""
 
 
 @dataclass
@@ -165,7 +167,8 @@ def save_state(
         "scaler": scaler.state_dict() if scaler is not None else None,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
-        "history": [asdict(log) for log in history],
+        "history": [asdict(log, dict_factory=lambda items: {k: v for k, v in items if k != "replayed"})
+                    for log in history],
     }
     save_torch(state, path)
 
@@ -262,7 +265,7 @@ def fit(
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         start_epoch, start_step = state["epoch"], state["step"]
-        history = [EpochLog(**log) for log in state.get("history", [])]
+        history = [EpochLog(**log, replayed=True) for log in state.get("history", [])]
         if dist_info.is_main and start_epoch < cfg.epochs:
             print(f"resuming from {state_path}: epoch {start_epoch + 1}, step {start_step}")
         elif dist_info.is_main:

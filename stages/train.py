@@ -36,7 +36,8 @@ def dvclive_logger(live_dir: str, epochs: int):
         live.log_metric("train/lr", log.lr)
         live.log_metric("train/images_per_second", log.images_per_second)
         live.next_step()
-        print(f"epoch {log.epoch}/{epochs}: loss {log.loss:.4f}  acc {log.accuracy:.2f}%  "
+        saved = " (from the saved state)" if log.replayed else ""
+        print(f"epoch {log.epoch}/{epochs}{saved}: loss {log.loss:.4f}  acc {log.accuracy:.2f}%  "
               f"lr {log.lr:.4g}  {log.images_per_second:.0f} img/s", flush=True)
 
     return live, log_epoch

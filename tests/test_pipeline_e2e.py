@@ -92,6 +92,8 @@ def test_rerun_on_a_finished_state_keeps_the_weights_and_the_curves(reproduced):
 
     rerun = run(["dvc", "repro", "--force", "--single-item", "train"], project)
     assert "nothing to train" in rerun.stdout
+    epoch_lines = [line for line in rerun.stdout.splitlines() if line.startswith("epoch ")]
+    assert epoch_lines and all("(from the saved state)" in line for line in epoch_lines)
     assert loss_tsv.read_text() == curve and len(curve.splitlines()) > 2  # header + every epoch
     assert (project / "data/model/adapter.pt").read_bytes() == adapter
     assert "up to date" in run(["dvc", "status"], project).stdout
