@@ -106,6 +106,19 @@ def run_fingerprint(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def code_fingerprint() -> str:
+    """The digest of liftplus's own source: a saved state is resumed only by the code that wrote it.
+
+    DVC reruns ``train`` when its code changes; without this the persisted state of
+    the same params would hand back the old code's weights as if just trained.
+    """
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def pick_device(name: str, dist_info: Distributed) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():

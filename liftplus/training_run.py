@@ -25,7 +25,15 @@ from liftplus.model.build import LiftModel, ModelConfig, build_model
 from liftplus.model.checkpoint import save_checkpoint
 from liftplus.model.heads import class_mean_weights, linear_probe_weights
 from liftplus.params import Params, TrainParams
-from liftplus.train import Distributed, RunConfig, distributed_from_env, pick_device, predict_features, run_fingerprint
+from liftplus.train import (
+    Distributed,
+    RunConfig,
+    code_fingerprint,
+    distributed_from_env,
+    pick_device,
+    predict_features,
+    run_fingerprint,
+)
 
 INIT_IMAGES_PER_CLASS = 100
 """Images per class for the class-mean and linear-probe inits (the reference's DownSampler)."""
@@ -72,6 +80,7 @@ def prepare_training(
         train=train.model_dump(exclude={"workers", "verify_checksums", "device", "input",
                                         "prefetch", "persistent_workers"}),
         input=hand_off,
+        code=code_fingerprint(),
         head_init=params.model.head_init,
         head_source=head_source,
         shards=[s["sha256"] for s in manifest["splits"]["train"]["shards"]],

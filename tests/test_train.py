@@ -396,3 +396,27 @@ def test_compiled_step_gives_the_eager_loss(shards, reference, tmp_path):
     model, logs = train(shards, tmp_path / "state.pt", compile=True, epochs=EPOCHS)
     assert [log.loss for log in logs] == pytest.approx([log.loss for log in reference["logs"]], rel=1e-4)
     assert max_difference(trainable_state(model), reference["weights"]) < 1e-4
+
+
+def test_code_fingerprint_follows_the_source(tmp_path):
+    """A state is resumed only by the code that wrote it: any edit to liftplus changes the digest."""
+    import subprocess
+    import sys
+
+    from liftplus.train import code_fingerprint
+
+    copy = tmp_path / "liftplus"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "liftplus", copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+
+    def digest_of_copy() -> str:
+        script = "import liftplus.train as t; print(t.__file__, t.code_fingerprint())"
+        out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(tmp_path)}, check=True).stdout.split()
+        assert out[0].startswith(str(copy))
+        return out[1]
+
+    assert digest_of_copy() == code_fingerprint()
+    losses = copy / "losses.py"
+    losses.write_text(losses.read_text() + "\n# an edit\n")
+    assert digest_of_copy() != code_fingerprint()
