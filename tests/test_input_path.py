@@ -82,7 +82,7 @@ def test_auto_is_uint8_on_cuda_and_float_elsewhere():
 @pytest.mark.parametrize("mda", [True, False], ids=["mda", "rrc-flip"])
 def test_encoded_workers_draw_the_cpu_transforms_boxes(shard, mda):
     """The encoded path's box and flip for (seed, epoch, i) are the ones the float path cropped with:
-    cropping the decoded image at that box reproduces the float path's tensor bit for bit."""
+    cropping the decoded image at that box reproduces the float path's uint8 crop bit for bit."""
     float_set = ShardIndex(shard, train_input("float", RES, MEAN, STD, EPOCHS, mda=mda), seed=7)
     encoded_set = ShardIndex(shard, train_input("encoded", RES, MEAN, STD, EPOCHS, mda=mda), seed=7)
     flips = set()
@@ -94,9 +94,20 @@ def test_encoded_workers_draw_the_cpu_transforms_boxes(shard, mda):
             image = float_set.decode(i)
             crop = TF.resized_crop(image, *box, [RES, RES], BICUBIC, antialias=True)
             crop = TF.hflip(crop) if flip else crop
-            assert torch.equal(TF.normalize(TF.to_tensor(crop), MEAN, STD), expected), (epoch, i, box)
+            assert torch.equal(TF.pil_to_tensor(crop), expected), (epoch, i, box)
             flips.add(flip)
     assert flips == ({False} if mda else {False, True})
+
+
+def test_float_batches_equal_the_references_per_image_transform(shard):
+    """``float`` normalises whole batches in the worker; the reference normalises image by image."""
+    from liftplus.data.transforms import train_transform
+
+    batched = batches(ShardIndex(shard, train_input("float", RES, MEAN, STD, EPOCHS), seed=4), epoch=1, workers=2)
+    per_image = ShardIndex(shard, train_transform(RES, MEAN, STD, EPOCHS), seed=4)
+    expected = torch.stack([per_image[(1, i)][0] for i in range(len(per_image))])
+    assert torch.cat(batched).dtype == torch.float32
+    assert (torch.cat(batched) - expected).abs().max().item() < 1e-6
 
 
 def test_uint8_hand_off_equals_the_float_path(shard):
