@@ -292,10 +292,15 @@ class Arms:
         _log(f"{name}: {rate:.1f} images/s over {seen} images, peak memory {peak:.2f} GiB ({seconds:.0f} s)")
         return {"rate": rate, "peak_gib": peak, "timed_images": seen, "seconds": seconds}
 
-    def _ours_setup(self):
+    def our_model(self):
+        """The model and loss of ``ours`` and ``model_only``, in train mode on the device, after
+        ``set_determinism`` as ``fit`` calls it (``train.deterministic``'s default: true)."""
         from liftplus.train import set_determinism
 
-        set_determinism(0, True)  # as fit does, with train.deterministic's default (true)
+        set_determinism(0, True)
+        model = self.build(sdpa=True).to(self.device)
+        model.train()
+        return model, self.loss_fn()
 
     # ----- the arms
 
@@ -363,10 +368,7 @@ class Arms:
 
         started = time.perf_counter()
         plan, device = self.plan, self.device
-        self._ours_setup()
-        model = self.build(sdpa=True).to(device)
-        model.train()
-        loss_fn = self.loss_fn()
+        model, loss_fn = self.our_model()
         pre = model.preprocess
         hand_off = resolve_hand_off(plan["input"], device)
         transform = train_input(hand_off, pre.image_size, pre.mean, pre.std, epochs=EPOCHS, mda=True)
@@ -397,10 +399,7 @@ class Arms:
 
         started = time.perf_counter()
         plan, device = self.plan, self.device
-        self._ours_setup()
-        model = self.build(sdpa=True).to(device)
-        model.train()
-        loss_fn = self.loss_fn()
+        model, loss_fn = self.our_model()
         res = model.preprocess.image_size
         generator = torch.Generator().manual_seed(0)
         images = torch.randn(plan["batch"], 3, res, res, generator=generator).to(device)

@@ -65,11 +65,12 @@ def prepare_training(
             "leave train.epochs null"
         )
     pre = model.preprocess
-
-    head_source = initialise_head(model, params, train, classnames, train_shards, head_path)
-
     dist = distributed_from_env()
-    hand_off = resolve_hand_off(train.input, pick_device(train.device, dist))
+    device = pick_device(train.device, dist)
+    hand_off = resolve_hand_off(train.input, device)
+
+    head_source = initialise_head(model, params, train, classnames, train_shards, head_path, device, hand_off)
+
     transform = train_input(hand_off, pre.image_size, pre.mean, pre.std, max(train.epochs, 1),
                             train.mda, train.mda_schedule)
     dataset = ShardIndex(train_shards, transform, num_classes=num_classes, seed=train.seed)
@@ -97,9 +98,11 @@ def prepare_training(
 
 def initialise_head(
     model: LiftModel, params: Params, train: TrainParams, classnames: list[str],
-    train_shards: Sequence[Path], head_path: Path,
+    train_shards: Sequence[Path], head_path: Path, device: torch.device, hand_off: str,
 ) -> str:
-    """Set the head's starting weights; return a string identifying where they came from."""
+    """Set the head's starting weights; return a string identifying where they came from.
+
+    ``device`` and ``hand_off`` are the run's (this rank's GPU under torchrun)."""
     how = "zero-shot" if train.method == "zs" else params.model.head_init
     if how in ("semantic", "zero-shot"):
         fingerprint = backbone_fingerprint(model.config.name, model.config.pretrained, model.config.seed)
@@ -109,19 +112,18 @@ def initialise_head(
         return f"{how}:{sha256_file(head_path)}"
     if how == "random":
         return "random"
-    features, labels = init_features(model, train_shards, len(classnames), train)
+    features, labels = init_features(model, train_shards, len(classnames), train, device, hand_off)
     weights = class_mean_weights if how == "class_mean" else linear_probe_weights
     model.init_head(weights(features, labels, len(classnames)), source=how)
     return how
 
 
 def init_features(
-    model: LiftModel, train_shards: Sequence[Path], num_classes: int, train: TrainParams
+    model: LiftModel, train_shards: Sequence[Path], num_classes: int, train: TrainParams,
+    device: torch.device, hand_off: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Image features of up to 100 training images per class, test-transformed."""
     pre = model.preprocess
-    device = pick_device(train.device, Distributed())
-    hand_off = resolve_hand_off(train.input, device)
     dataset = ShardIndex(train_shards, eval_input(hand_off, pre.image_size, pre.mean, pre.std), num_classes)
     generator = torch.Generator().manual_seed(train.seed)
     by_class: dict[int, list[int]] = {}

@@ -151,13 +151,16 @@ class ShardIndex(Dataset):
         f.seek(s.offset)
         return f.read(s.size)
 
-    def decode(self, i: int) -> Image.Image:
+    def undecodable(self, i: int, exc: Exception) -> DataError:
         s = self.samples[i]
+        return DataError(f"{self.paths[s.shard]}: sample {s.key} does not decode ({exc})")
+
+    def decode(self, i: int) -> Image.Image:
         try:
-            img = open_image(self.read_bytes(i), s.ext)
+            img = open_image(self.read_bytes(i), self.samples[i].ext)
             return img.convert("RGB") if img.mode != "RGB" else img
         except Exception as exc:
-            raise DataError(f"{self.paths[s.shard]}: sample {s.key} does not decode ({exc})") from None
+            raise self.undecodable(i, exc) from None
 
     def __getitem__(self, item: tuple[int, int]):
         epoch, i = item
@@ -171,7 +174,7 @@ class ShardIndex(Dataset):
             try:
                 return transform.encoded(self.read_bytes(i), sample.ext, generator), sample.label
             except Exception as exc:
-                raise DataError(f"{self.paths[sample.shard]}: sample {sample.key} does not decode ({exc})") from None
+                raise self.undecodable(i, exc) from None
         image = self.decode(i)
         return (transform(image, generator=generator) if random else transform(image)), sample.label
 
