@@ -165,3 +165,18 @@ def test_a_broken_jpeg_is_one_line_naming_the_shard_and_sample(tmp_path):
     with pytest.raises(DataError, match=r"a JPEG of this batch does not decode on cpu \(Image is incomplete") as info:
         finish_batch(dataset.transform, images, CPU)
     assert "\n" not in str(info.value)
+
+
+def test_uint8_batches_finished_on_the_cpu_reuse_a_released_tensor():
+    transform = train_input("uint8", RES, MEAN, STD, epochs=EPOCHS)
+    crops = torch.randint(0, 256, (4, 3, RES, RES), dtype=torch.uint8)
+    first = transform.finish_batch(crops, CPU)
+    expected = first.clone()
+    second = transform.finish_batch(crops.flip(0), CPU)
+    assert first.data_ptr() != second.data_ptr()
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    pointer = first.data_ptr()
+    del first
+    third = transform.finish_batch(crops, CPU)
+    assert third.data_ptr() == pointer
+    torch.testing.assert_close(third, expected, rtol=0, atol=0)

@@ -34,6 +34,7 @@ from torch.utils.data import default_collate, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import functional as TF
 
+from liftplus.data.buffers import ReusedBuffers
 from liftplus.data.images import open_image
 from liftplus.errors import DataError
 from liftplus.data.transforms import (
@@ -157,6 +158,7 @@ class PixelInput(WorkerInput):
         self.random = random
         self.normalize = normalize
         self.on_device = on_device
+        self.cpu_buffers = ReusedBuffers()
         if not on_device:
             self.collate = functools.partial(collate_normalized, mean=normalize[0], std=normalize[1])
 
@@ -168,8 +170,12 @@ class PixelInput(WorkerInput):
         return self.transform(image, generator=generator) if self.random else self.transform(image)
 
     def finish_batch(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-        images = images.to(device, non_blocking=True)
-        return normalize_batch(images, *self.normalize) if self.on_device else images
+        """The batch on ``device``, normalised there if the workers did not (on the CPU into a reused tensor)."""
+        if not self.on_device:
+            return images.to(device, non_blocking=True)
+        if device.type == "cpu":
+            return normalize_batch(images, *self.normalize, out=self.cpu_buffers.get(images.shape))
+        return normalize_batch(images.to(device, non_blocking=True), *self.normalize)
 
     def __repr__(self) -> str:
         return f"PixelInput({self.transform!r}, normalised {'on the device' if self.on_device else 'in the worker'})"
