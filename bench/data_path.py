@@ -9,6 +9,8 @@ stage does, in four settings (:data:`ARMS`):
 
 * pixels (the headline): ``data.store: pixels`` + ``train.input: uint8``:
   no JPEG decode per epoch, and a quarter of the bytes between processes;
+* pixels_torch_resize: the same with ``train.resize: torch`` (torch's uint8
+  resize instead of PIL's: not the reference's samples bit for bit);
 * jpeg: the defaults without a GPU (JPEG shards at short side 256, float);
 * jpeg_uint8: JPEG shards with the uint8 hand-off;
 * originals: shards with ``max_short_side: 0`` (the photos copied as they
@@ -63,6 +65,7 @@ CPU = torch.device("cpu")
 
 ARMS = {
     "pixels": "pixel shards (data.store pixels, short side 256), uint8 hand-off normalised in the main process",
+    "pixels_torch_resize": "pixel shards, uint8 hand-off, crops resized by torch (train.resize torch)",
     "jpeg": "JPEG shards (short side 256), float hand-off: the defaults on a machine without a GPU",
     "jpeg_uint8": "JPEG shards (short side 256), uint8 hand-off normalised in the main process",
     "originals": "shards of the original-size photos (max_short_side 0), float hand-off",
@@ -97,9 +100,9 @@ def shard_photos(photos: Path, out_dir: Path, max_short_side: int, store: str = 
     return shard_paths(read_manifest(out_dir / "manifest.json"), out_dir, "train")
 
 
-def our_batches(shards: list[Path], hand_off: str, seed: int) -> Iterable:
+def our_batches(shards: list[Path], hand_off: str, seed: int, resize: str = "pil") -> Iterable:
     """Batches as the train stage gets them: workers' output finished by ``finish_batch`` (on the CPU)."""
-    transform = train_input(hand_off, RES, MEAN, STD, epochs=EPOCHS, mda=True)
+    transform = train_input(hand_off, RES, MEAN, STD, epochs=EPOCHS, mda=True, resize=resize)
     dataset = ShardIndex(shards, transform, seed=0)
     sampler = EpochBatchSampler(len(dataset), BATCH, shuffle=True, seed=seed)
     for images, labels in make_loader(dataset, sampler, WORKERS):
@@ -163,6 +166,7 @@ def run(ctx: BenchContext) -> dict[str, float]:
 
     arms = {
         "pixels": lambda r: our_batches(pixels, "uint8", seed=r),
+        "pixels_torch_resize": lambda r: our_batches(pixels, "uint8", seed=r, resize="torch"),
         "jpeg": lambda r: our_batches(resized, "float", seed=r),
         "jpeg_uint8": lambda r: our_batches(resized, "uint8", seed=r),
         "originals": lambda r: our_batches(originals, "float", seed=r),

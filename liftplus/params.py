@@ -94,6 +94,9 @@ class TrainParams(_Section):
     input: Literal["auto", "float", "uint8", "encoded"] = Field(
         "auto", description="what loader workers hand over; auto: uint8 on CUDA, float elsewhere"
     )
+    resize: Literal["pil", "torch"] = Field(
+        "pil", description="resizer of the train crops: PIL (the reference's) or torch's uint8 kernel (2x cheaper)"
+    )
     prefetch: int = Field(4, gt=0, description="batches in flight per worker")
     persistent_workers: bool = True
 

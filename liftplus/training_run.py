@@ -72,7 +72,7 @@ def prepare_training(
     head_source = initialise_head(model, params, train, classnames, train_shards, head_path, device, hand_off)
 
     transform = train_input(hand_off, pre.image_size, pre.mean, pre.std, max(train.epochs, 1),
-                            train.mda, train.mda_schedule)
+                            train.mda, train.mda_schedule, train.resize)
     dataset = ShardIndex(train_shards, transform, num_classes=num_classes, seed=train.seed)
     loss = build_loss(train.loss, train_counts, tau=train.tau, scale=params.model.scale)
 

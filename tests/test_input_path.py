@@ -24,7 +24,7 @@ from liftplus.data.input_path import (
     train_input,
 )
 from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
-from liftplus.data.transforms import BICUBIC
+from liftplus.data.transforms import BICUBIC, resized_crop_uint8
 from liftplus.errors import DataError
 
 RES = 32
@@ -99,6 +99,36 @@ def test_encoded_workers_draw_the_cpu_transforms_boxes(shard, mda):
     assert flips == ({False} if mda else {False, True})
 
 
+@pytest.mark.parametrize("mda", [True, False], ids=["mda", "rrc-flip"])
+def test_torch_resize_cuts_the_same_boxes_within_a_grey_level_of_pil(shard, mda):
+    """``resize: torch`` crops the box (and flip) the PIL path drew; only the resampler's rounding differs."""
+    pil_set = ShardIndex(shard, train_input("uint8", RES, MEAN, STD, EPOCHS, mda=mda), seed=3)
+    torch_set = ShardIndex(shard, train_input("uint8", RES, MEAN, STD, EPOCHS, mda=mda, resize="torch"), seed=3)
+    boxes = ShardIndex(shard, train_input("encoded", RES, MEAN, STD, EPOCHS, mda=mda), seed=3)
+    differing = total = 0
+    for epoch in range(EPOCHS):
+        for i in range(len(pil_set)):
+            (_, _, box, flip), _ = boxes[(epoch, i)]
+            got, label = torch_set[(epoch, i)]
+            assert label == pil_set.samples[i].label and got.dtype == torch.uint8 and got.is_contiguous()
+            assert torch.equal(got, resized_crop_uint8(torch_set.decode(i), box, RES, flip)), (epoch, i, box)
+            difference = (got.int() - pil_set[(epoch, i)][0].int()).abs()
+            assert difference.max().item() <= 1, (epoch, i, box)
+            differing += int((difference > 0).sum())
+            total += difference.numel()
+    assert differing / total < 0.03
+
+
+def test_torch_resize_is_an_option_of_the_uint8_crops_only():
+    from liftplus.data.transforms import train_transform
+    from liftplus.errors import ParamsError
+
+    with pytest.raises(ValueError, match="resize='torch' makes uint8 crops"):
+        train_transform(RES, MEAN, STD, EPOCHS, resize="torch")
+    with pytest.raises(ParamsError, match="train.resize is 'cv2', expected one of pil, torch"):
+        train_transform(RES, MEAN, STD, EPOCHS, uint8=True, resize="cv2")
+
+
 def test_float_batches_equal_the_references_per_image_transform(shard):
     """``float`` normalises whole batches in the worker; the reference normalises image by image."""
     from liftplus.data.transforms import train_transform
@@ -113,6 +143,7 @@ def test_float_batches_equal_the_references_per_image_transform(shard):
 def test_uint8_hand_off_equals_the_float_path(shard):
     for make in (
         lambda hand_off: train_input(hand_off, RES, MEAN, STD, EPOCHS),
+        lambda hand_off: train_input(hand_off, RES, MEAN, STD, EPOCHS, mda=False, resize="torch"),
         lambda hand_off: eval_input(hand_off, RES, MEAN, STD),
         lambda hand_off: eval_input(hand_off, RES, MEAN, STD, tte=True, expand=4),
     ):

@@ -246,12 +246,16 @@ class EncodedInput(WorkerInput):
 
 def train_input(
     hand_off: str, res: int, mean: Sequence[float], std: Sequence[float], epochs: int,
-    mda: bool = True, schedule: str = "convex",
+    mda: bool = True, schedule: str = "convex", resize: str = "pil",
 ) -> WorkerInput:
-    """The training input for ``hand_off`` (resolved, not ``auto``): MDA or RandomResizedCrop + flip."""
+    """The training input for ``hand_off`` (resolved, not ``auto``): MDA or RandomResizedCrop + flip.
+
+    ``resize`` (``pil`` | ``torch``) resizes the workers' crops; ``encoded``
+    batches are resized on the device by torch whatever it says.
+    """
     if hand_off == "encoded":
         return EncodedInput(res, mean, std, crop=train_transform(res, mean, std, epochs, mda, schedule).crop)
-    transform = train_transform(res, mean, std, epochs, mda, schedule, uint8=True)
+    transform = train_transform(res, mean, std, epochs, mda, schedule, uint8=True, resize=resize)
     return PixelInput(transform, random=True, normalize=(tuple(mean), tuple(std)), on_device=hand_off == "uint8")
 
 
