@@ -8,8 +8,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 ls .whl/*.whl >/dev/null 2>&1 || { echo "gpu_device.sh: no .whl/*.whl (run bench/gpu_wheels.sh first)" >&2; exit 2; }
-python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' \
-  || echo "gpu_device.sh: warning: $(python3 -V) here, the wheels are for CPython 3.12" >&2
+wheels_tag=$(ls .whl/pydantic_core-*.whl 2>/dev/null | sed -n 's/.*-\(cp3[0-9]*\)-cp3[0-9]*-.*/\1/p' | head -1)
+python_tag=$(python3 -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+[ "$wheels_tag" = "$python_tag" ] \
+  || echo "gpu_device.sh: warning: $(python3 -V) here ($python_tag), the compiled wheels are for ${wheels_tag:-no CPython}" >&2
 
 if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; then
   # No pip: a wheel is a zip laid out as site-packages wants it (none of these has scripts or data to place).

@@ -8,7 +8,11 @@
 # brought too although the device has it: pydantic and pydantic-core need >= 4.16.0, and a newer
 # copy first on the path is harmless to torch. timm is not needed (open_clip imports it only if
 # there). Nothing else in these wheels' Requires-Dist is missing there (listed at the end).
+#
+# WHEELS_PYTHON (default 3.12, the GPU machine's) picks another CPython for the compiled wheel
+# (pydantic-core): WHEELS_PYTHON=3.11 rehearses bench/gpu_device.sh in a bare venv here.
 set -euo pipefail
+python_version=${WHEELS_PYTHON:-3.12}
 cd "$(dirname "$0")/.."
 
 WHEELS=(
@@ -26,7 +30,7 @@ WHEELS=(
 
 mkdir -p .whl
 for wheel in "${WHEELS[@]}"; do
-  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  python3 -m pip download --no-deps --only-binary=:all: --python-version "$python_version" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "$wheel"
 done
