@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,36 @@ def offline_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.update(extra)
     return env
+
+
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", "stages", "liftplus", "flows", "prefect.yaml")
+
+
+def copy_project(dest: Path, edit_params: Callable[[str], str] | None = None, author: str = "liftplus bench") -> Path:
+    """The project's pipeline as a fresh git repo at ``dest`` (one commit), ``params.yaml``'s
+    text passed through ``edit_params``: `dvc repro`, `dvc exp run` and GTO tags run there
+    never touch this checkout. Shared by the repro bench and the end-to-end tests."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif src.exists():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    if edit_params is not None:
+        params = dest / "params.yaml"
+        params.write_text(edit_params(params.read_text()))
+    (dest / ".gitignore").write_text("/data/\n/dvclive/\n/.prefect/\n__pycache__/\n")
+    for cmd in (["git", "init", "-q", "-b", "main"],
+                ["git", "config", "user.email", f"{author.split()[-1]}@liftplus.invalid"],
+                ["git", "config", "user.name", author],
+                ["git", "add", "-A"],
+                ["git", "commit", "-qm", "project copy"]):
+        result = subprocess.run(cmd, cwd=dest, env=offline_env(), capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{dest}: {' '.join(cmd)} exited {result.returncode}: {result.stderr.strip()}")
+    return dest
 
 
 def run_child(

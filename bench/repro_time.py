@@ -27,9 +27,8 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import REPO, BenchContext, offline_env
+from bench.common import BenchContext, copy_project, offline_env
 
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", "stages", "liftplus", "flows", "prefect.yaml")
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 QUICK_SUBSET = {"train": 2000, "t10k": 500}
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
@@ -45,30 +44,19 @@ FIGURES = {
 }
 
 
-def copy_project(dest: Path, data_root: Path | None = None) -> Path:
-    """The project as a fresh git repo at ``dest`` (one commit); ``data.root`` replaced if given."""
-    dest.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        elif src.exists():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    if data_root is not None:
-        params = dest / "params.yaml"
-        text, n = re.subn(r"(?m)^(  root:\s*)\S+", rf"\g<1>{data_root}", params.read_text(), count=1)
+def with_data_root(data_root: Path | None):
+    """A ``copy_project`` params edit that points ``data.root`` at ``data_root`` (None: no edit),
+    keeping the file's comments."""
+    if data_root is None:
+        return None
+
+    def edit(text: str) -> str:
+        text, n = re.subn(r"(?m)^(  root:\s*)\S+", rf"\g<1>{data_root}", text, count=1)
         if n != 1:
-            raise RuntimeError(f"{params}: no data.root line to replace")
-        params.write_text(text)
-    (dest / ".gitignore").write_text("/data/\n/dvclive/\n/.prefect/\n__pycache__/\n")
-    for cmd in (["git", "init", "-q", "-b", "main"],
-                ["git", "config", "user.email", "bench@liftplus.invalid"],
-                ["git", "config", "user.name", "liftplus bench"],
-                ["git", "add", "-A"],
-                ["git", "commit", "-qm", "project copy"]):
-        subprocess.run(cmd, cwd=dest, env=offline_env(), check=True, capture_output=True)
-    return dest
+            raise RuntimeError("params.yaml: no data.root line to replace")
+        return text
+
+    return edit
 
 
 def fashion_mnist_subset(dest: Path) -> Path:
@@ -139,7 +127,7 @@ def run(ctx: BenchContext) -> dict[str, float]:
     root = ctx.workdir / "repro"
     shutil.rmtree(root, ignore_errors=True)
     data_root = fashion_mnist_subset(root / "fashion-mnist-subset") if ctx.quick else None
-    project = copy_project(root / "project", data_root)
+    project = copy_project(root / "project", with_data_root(data_root))
 
     seconds, cpu_seconds, stages, _ = dvc_repro(project, root / "repro.log")
     ctx.log(f"dvc repro: {seconds:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in stages.items())})")

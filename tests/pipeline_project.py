@@ -7,29 +7,14 @@ in a test never touch the developer's checkout.
 from __future__ import annotations
 
 import gzip
-import os
-import shutil
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", "stages", "liftplus", "flows", "prefect.yaml")
-
-
-def offline_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", GX_ANALYTICS_ENABLED="false",
-        DVC_NO_ANALYTICS="1", TQDM_DISABLE="1",
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-    )
-    env.update(extra)
-    return env
+from bench.common import copy_project, offline_env
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -60,27 +45,16 @@ def learnable_fashion_mnist(root: Path, train_per_class: int = 60, test_per_clas
 
 
 def make_project(dest: Path, raw_root: Path, **overrides: dict) -> Path:
-    """Copy the project into ``dest`` (git + DVC initialised, one commit) with params overridden."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        elif src.exists():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["data"].update(root=str(raw_root), imbalance_ratio=10)
-    params["validate"].update(sample_size=64)
-    params["train"].update(batch_size=32, micro_batch=16, workers=0)
-    params["evaluate"].update(batch_size=64, workers=0)
-    for section, values in overrides.items():
-        params[section].update(values)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (dest / ".gitignore").write_text("/data/\n/dvclive/\n/.prefect/\n__pycache__/\n")
-    run(["git", "init", "-q", "-b", "main"], dest)
-    run(["git", "config", "user.email", "test@liftplus.invalid"], dest)
-    run(["git", "config", "user.name", "liftplus test"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "commit", "-qm", "project copy"], dest)
-    return dest
+    """Copy the project into ``dest`` (git initialised, one commit) with small-run params, ``overrides`` on top."""
+
+    def small_run(text: str) -> str:
+        params = yaml.safe_load(text)
+        params["data"].update(root=str(raw_root), imbalance_ratio=10)
+        params["validate"].update(sample_size=64)
+        params["train"].update(batch_size=32, micro_batch=16, workers=0)
+        params["evaluate"].update(batch_size=64, workers=0)
+        for section, values in overrides.items():
+            params[section].update(values)
+        return yaml.safe_dump(params, sort_keys=False)
+
+    return copy_project(dest, small_run, author="liftplus test")

@@ -214,7 +214,7 @@ def test_every_broken_expectation_is_reported_and_nothing_is_written(tmp_path, c
         assert line.startswith(start), f"\n{line}\ndoes not start with\n{start}"
     assert "val: " in failures[6]  # the garbage val shard fails its checksum too
     assert failures[8].endswith("cannot identify image file")  # not PIL's repr of a buffer
-    assert err[0].startswith(f"validate: 12 of ") and err[0].endswith(f"expectations failed on {shard_dir}")
+    assert err[0].startswith("validate: 12 of ") and err[0].endswith(f"expectations failed on {shard_dir}")
     assert err[-1].startswith(f"error: validate: 12 expectation(s) failed on {shard_dir}, first: ")
     assert not (tmp_path / "stats").exists()
 

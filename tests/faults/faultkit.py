@@ -22,7 +22,7 @@ from typing import Iterator
 import torch
 import yaml
 
-from pipeline_project import REPO, offline_env
+from bench.common import REPO, offline_env
 
 TEMP_MARKERS = (".tmp", ".tmp-", ".old-")
 """What atomic_path / atomic_directory name their temporaries (``.name.XXXX.tmp``, ``.name.tmp-XXXX``)."""
