@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-from pathlib import Path
 
 from liftplus.data.loader import ShardIndex
 from liftplus.data.manifest import read_manifest, shard_paths
 from liftplus.data.input_path import eval_input, resolve_hand_off
-from liftplus.errors import DEBUG_FLAG, DEBUG_HELP, DataError, exit_on_error
+from liftplus.errors import DataError, exit_on_error
 from liftplus.evaluate import check_classnames, evaluation_report
 from liftplus.io import write_json, write_text
 from liftplus.model.checkpoint import model_from_checkpoint
 from liftplus.params import load_params
 from liftplus.train import Distributed, pick_device, predict_logits
+from stages import stage_parser
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -28,17 +27,12 @@ def csv_text(rows: list[dict]) -> str:
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--shards", default="data/shards")
-    parser.add_argument("--model", default="data/model/adapter.pt")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--out", default="data/metrics")
-    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
+    parser = stage_parser("evaluate", __doc__, shards="data/shards", model="data/model/adapter.pt", out="data/metrics")
+    parser.add_argument("--split", default="test", help="the manifest split to evaluate on")
     args = parser.parse_args(argv)
 
     params = load_params(args.params).evaluate
-    shard_dir = Path(args.shards)
+    shard_dir = args.shards
     manifest = read_manifest(shard_dir / "manifest.json")
     if args.split not in manifest["splits"]:
         raise DataError(f"{shard_dir / 'manifest.json'}: no '{args.split}' split to evaluate on")
@@ -54,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
                                     prefetch=params.prefetch)
 
     report = evaluation_report(logits, labels, manifest["splits"]["train"]["class_counts"], classnames, params.tte)
-    out = Path(args.out)
+    out = args.out
     write_text(out / "per_class.csv", csv_text(report["per_class"]))
     write_text(out / "predictions.csv", csv_text(report["predictions"]))
     write_json(out / "eval.json", report["metrics"])

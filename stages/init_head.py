@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 from liftplus.data.manifest import read_manifest
-from liftplus.errors import DEBUG_FLAG, DEBUG_HELP, exit_on_error
+from liftplus.errors import exit_on_error
 from liftplus.head_init import save_text_init
 from liftplus.model.backbone import backbone_fingerprint, load_backbone
 from liftplus.model.text import encode_text_init
 from liftplus.params import load_params
+from stages import stage_parser
 
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.init_head", description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--shards", default="data/shards")
-    parser.add_argument("--out", default="data/head/text_init.pt")
-    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
-    args = parser.parse_args(argv)
+    args = stage_parser("init_head", __doc__, shards="data/shards", out="data/head/text_init.pt").parse_args(argv)
 
     params = load_params(args.params)
-    manifest = read_manifest(Path(args.shards) / "manifest.json")
+    manifest = read_manifest(args.shards / "manifest.json")
     classnames = manifest["classnames"]
     backbone, _ = load_backbone(params.model.name, params.model.pretrained)
     weight, text_features = encode_text_init(

@@ -16,30 +16,20 @@ can compare every point); apply and commit the experiment, then `dvc repro`.
 
 from __future__ import annotations
 
-import argparse
 import os
-from pathlib import Path
 from typing import Any
 
-from liftplus.errors import DEBUG_FLAG, DEBUG_HELP, GateFailed, exit_on_error
+from liftplus.errors import GateFailed, exit_on_error
 from liftplus.io import write_json
 from liftplus.params import load_params
 from liftplus.registry import check_gate, head_commit, md5_file, read_metrics, register_model
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m stages.register", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--metrics", type=Path, default=Path("data/metrics/eval.json"))
-    parser.add_argument("--model", type=Path, default=Path("data/model/adapter.pt"))
-    parser.add_argument("--out", type=Path, default=Path("data/registry/registration.json"))
-    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
-    return parser.parse_args(argv)
+from stages import stage_parser
 
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = stage_parser("register", __doc__, metrics="data/metrics/eval.json", model="data/model/adapter.pt",
+                        out="data/registry/registration.json").parse_args(argv)
     gate = load_params(args.params).register_
     metrics = read_metrics(args.metrics)
     record: dict[str, Any] = {"name": gate.name, "stage": gate.stage, "metrics": metrics}

@@ -6,18 +6,15 @@ output folder only when all splits and the manifest are complete.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 from liftplus.data.shards import atomic_directory
 from liftplus.data.sharding import shard_source
 from liftplus.data.sources import open_source
-from liftplus.errors import DEBUG_FLAG, DEBUG_HELP, OutputError, exit_on_error
+from liftplus.errors import OutputError, exit_on_error
 from liftplus.io import WRITE_ERRNOS
-from liftplus.params import DEFAULT_PARAMS_FILE, load_params
-
-DEFAULT_OUT = Path("data/shards")
+from liftplus.params import load_params
+from stages import stage_parser
 
 
 def summary_lines(manifest: dict) -> list[str]:
@@ -34,10 +31,7 @@ def summary_lines(manifest: dict) -> list[str]:
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.shard", description=__doc__)
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS_FILE)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
+    parser = stage_parser("shard", __doc__, out="data/shards")
     args = parser.parse_args(argv)
 
     data = load_params(args.params).data

@@ -6,15 +6,14 @@ Runs alone (``python -m stages.train``) or on several processes
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-from pathlib import Path
 
 from liftplus.data.manifest import read_manifest, shard_paths, verify_checksums
-from liftplus.errors import DEBUG_FLAG, DEBUG_HELP, OutputError, exit_on_error
+from liftplus.errors import OutputError, exit_on_error
 from liftplus.params import load_params, resolved_train
 from liftplus.train import EpochLog, Interrupted, StopRequest, fit
 from liftplus.training_run import finish_training, prepare_training
+from stages import stage_parser
 
 
 def dvclive_logger(live_dir: str, epochs: int):
@@ -45,28 +44,23 @@ def dvclive_logger(live_dir: str, epochs: int):
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--shards", default="data/shards")
-    parser.add_argument("--head", default="data/head/text_init.pt")
-    parser.add_argument("--out", default="data/model/adapter.pt")
-    parser.add_argument("--state", default="data/train_state/last.pt")
-    parser.add_argument("--live", default="dvclive/train")
-    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
-    args = parser.parse_args(argv)
+    args = stage_parser(
+        "train", __doc__, shards="data/shards", head="data/head/text_init.pt", out="data/model/adapter.pt",
+        state="data/train_state/last.pt", live="dvclive/train",
+    ).parse_args(argv)
 
     params = load_params(args.params)
     train = resolved_train(params.train)
-    shard_dir = Path(args.shards)
+    shard_dir = args.shards
     manifest = read_manifest(shard_dir / "manifest.json")
     if train.verify_checksums:
         verify_checksums(manifest, shard_dir, splits=["train"])
-    run = prepare_training(params, train, manifest, shard_paths(manifest, shard_dir, "train"), Path(args.head))
-    state_path = Path(args.state)
+    run = prepare_training(params, train, manifest, shard_paths(manifest, shard_dir, "train"), args.head)
+    state_path = args.state
 
     live, on_epoch = (None, None)
     if run.dist.is_main:
-        live, on_epoch = dvclive_logger(args.live, run.config.epochs)
+        live, on_epoch = dvclive_logger(str(args.live), run.config.epochs)
     stop = StopRequest().install()
     try:
         with live or contextlib.nullcontext():
@@ -77,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         stop.restore()
     if run.dist.is_main:
-        finish_training(run, Path(args.out))
+        finish_training(run, args.out)
 
 
 if __name__ == "__main__":

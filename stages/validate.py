@@ -8,7 +8,6 @@ A failed expectation prints one line per failure and exits 1; nothing is written
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 import time
@@ -16,11 +15,12 @@ from pathlib import Path
 
 from liftplus.data.expectations import TRAIN_SPLIT, ValidationReport, validate_shards
 from liftplus.data.longtail import count_curve, longtail_metrics
-from liftplus.errors import DEBUG_FLAG, DEBUG_HELP, ValidationFailed, exit_on_error
+from liftplus.errors import ValidationFailed, exit_on_error
 from liftplus.io import atomic_path, write_json
 from liftplus.params import load_params
 
 CURVE_COLUMNS = ("rank", "label", "class", "count")
+from stages import stage_parser
 
 
 def print_failures(report: ValidationReport, shard_dir: Path) -> None:
@@ -43,12 +43,7 @@ def write_outputs(report: ValidationReport, out_dir: Path) -> tuple[Path, Path]:
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.validate", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--shards", type=Path, default=Path("data/shards"))
-    parser.add_argument("--out", type=Path, default=Path("data/stats"))
-    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
-    args = parser.parse_args(argv)
+    args = stage_parser("validate", __doc__, shards="data/shards", out="data/stats").parse_args(argv)
 
     params = load_params(args.params)
     started = time.perf_counter()
