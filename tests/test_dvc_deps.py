@@ -1,0 +1,115 @@
+"""dvc.yaml lists, for every stage, each project source file the stage's script can import.
+
+A file missing from a stage's deps is code DVC does not hash: change it and
+`dvc repro` keeps the stale output as if nothing happened (the train stage
+once lacked the input path that makes its batches, evaluate the loop that runs
+the model). The imports are read from the source (function-level ones
+included), so nothing is imported here.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("liftplus", "stages")
+CANNOT_CHANGE_OUTPUTS = {
+    "liftplus/errors.py": "error types and the one-line exit: what a failure prints, never what a stage writes",
+    "stages/__init__.py": "the stages' shared command line (dvc.yaml passes no options)",
+}
+
+
+def module_file(dotted: str, root: Path) -> Path | None:
+    path = root.joinpath(*dotted.split("."))
+    for candidate in (path / "__init__.py", path.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path, root: Path) -> set[str]:
+    """Dotted names of the project modules ``path`` imports anywhere (``from a import b``: a and a.b)."""
+    package = path.relative_to(root).parent.parts
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package[: len(package) - node.level + 1], *([base] if base else [])])
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return {name for name in names if name.split(".")[0] in PACKAGES}
+
+
+def import_closure(script: Path, root: Path = REPO) -> set[str]:
+    """``root``-relative paths of every project file ``script`` can reach by imports, itself included."""
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in imported_modules(path, root):
+            parts = name.split(".")
+            for depth in range(1, len(parts) + 1):  # importing a.b.c runs a and a.b first
+                found = module_file(".".join(parts[:depth]), root)
+                if found is not None and found not in seen:
+                    todo.append(found)
+    return {p.relative_to(root).as_posix() for p in seen}
+
+
+def has_code(path: str) -> bool:
+    body = ast.parse((REPO / path).read_text()).body
+    return any(not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)) for node in body)
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+def missing_deps(stage: str, deps: list[str]) -> list[str]:
+    """The files stage ``stage``'s script imports that ``deps`` does not cover."""
+    return sorted(
+        path for path in import_closure(REPO / "stages" / f"{stage}.py")
+        if path not in CANNOT_CHANGE_OUTPUTS and has_code(path) and not covered(path, deps)
+    )
+
+
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_deps_cover_the_code_it_imports(stage):
+    assert STAGES[stage]["cmd"] == f"python -m stages.{stage}", f"{stage}: the command is not its stage script"
+    missing = missing_deps(stage, STAGES[stage]["deps"])
+    assert missing == [], f"dvc.yaml: stage {stage} imports {missing} but does not list them in its deps"
+
+
+def test_a_dropped_dep_is_found():
+    deps = [dep for dep in STAGES["train"]["deps"] if dep not in ("liftplus/data/input_path.py", "liftplus/model")]
+    missing = missing_deps("train", deps)
+    assert "liftplus/data/input_path.py" in missing
+    assert {"liftplus/model/peft.py", "liftplus/model/heads.py", "liftplus/model/build.py"} <= set(missing)
+
+
+def test_import_closure_follows_package_function_level_and_relative_imports(tmp_path):
+    files = {
+        "stages/run.py": "from liftplus import a\n",
+        "liftplus/__init__.py": "",
+        "liftplus/a.py": "def f():\n    from .b import g\n    return g\n",
+        "liftplus/b.py": "import liftplus.c.d\nimport json\n\ng = 1\n",
+        "liftplus/c/__init__.py": "",
+        "liftplus/c/d.py": "",
+        "liftplus/unused.py": "import liftplus.a\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert import_closure(tmp_path / "stages" / "run.py", tmp_path) == set(files) - {"liftplus/unused.py"}
