@@ -68,7 +68,7 @@ def copy_project(dest: Path, edit_params: Callable[[str], str] | None = None, au
         params.write_text(edit_params(params.read_text()))
     (dest / ".gitignore").write_text("/data/\n/dvclive/\n/.prefect/\n__pycache__/\n")
     for cmd in (["git", "init", "-q", "-b", "main"],
-                ["git", "config", "user.email", f"{author.split()[-1]}@liftplus.invalid"],
+                ["git", "config", "user.email", "project-copy@liftplus.invalid"],
                 ["git", "config", "user.name", author],
                 ["git", "add", "-A"],
                 ["git", "commit", "-qm", "project copy"]):

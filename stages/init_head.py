@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from liftplus.data.manifest import read_manifest
 from liftplus.errors import exit_on_error
 from liftplus.head_init import save_text_init

@@ -31,8 +31,7 @@ def summary_lines(manifest: dict) -> list[str]:
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
-    parser = stage_parser("shard", __doc__, out="data/shards")
-    args = parser.parse_args(argv)
+    args = stage_parser("shard", __doc__, out="data/shards").parse_args(argv)
 
     data = load_params(args.params).data
     started = time.perf_counter()
