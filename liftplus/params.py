@@ -32,6 +32,9 @@ class DataParams(_Section):
     root: str = "/usr/share/datasets/fashion-mnist"
     imbalance_ratio: float = Field(100.0, ge=1.0, description="1 keeps the source balanced")
     seed: int = Field(0, ge=0)
+    lists: str = Field(
+        "lists", description="folder holding the split lists and class-names file (a DVC dep of shard)"
+    )
     classnames: Optional[str] = Field(None, description="class-names file (split-list)")
     train_list: Optional[str] = None
     val_list: Optional[str] = None
@@ -43,6 +46,11 @@ class DataParams(_Section):
     shard_max_samples: int = Field(10000, gt=0)
     shard_max_bytes: int = Field(256 * 1024 * 1024, gt=0)
     on_decode_error: Literal["fail", "skip"] = "fail"
+    holdout_fraction: float = Field(
+        0.2, gt=0, lt=1, description="share of each class held out as test when a source has no test split"
+    )
+    max_pixels: int = Field(50_000_000, gt=0, description="images with more pixels are refused (decompression bombs)")
+    allow_outside_root: bool = Field(False, description="let split-list paths and links leave data.root")
 
 
 class ValidateParams(_Section):

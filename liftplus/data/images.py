@@ -20,6 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".gif", ".tif", ".tiff", ".webp")
+"""File name endings read as images (case-insensitive), by every source and by ``predict``."""
+DEFAULT_MAX_PIXELS = 50_000_000
+"""A pixel budget sized for photos (a 50 MP camera); ``data.max_pixels`` and ``predict --max-pixels``."""
 JPEG_QUALITY = 95
 PIXELS_EXT = "npy"
 EXIF_ORIENTATION = 0x0112
@@ -34,6 +38,18 @@ class UndecodableImage(ValueError):
 class EncodedImage:
     data: bytes
     ext: str
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def pixel_budget_exceeded(size: tuple[int, int], max_pixels: int) -> str | None:
+    """Why an image of ``size`` (width, height) is refused, or None; checked before any pixel is decoded."""
+    width, height = size
+    if width * height <= max_pixels:
+        return None
+    return f"{width}x{height} is {width * height / 1e6:.1f} MP, over the {max_pixels / 1e6:g} MP budget"
 
 
 def encode_png(array: np.ndarray) -> bytes:
