@@ -48,7 +48,9 @@ def offline_env(**extra: str) -> dict[str, str]:
     return env
 
 
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", "stages", "liftplus", "flows", "prefect.yaml")
+PROJECT_FILES = (
+    "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", "stages", "liftplus", "flows", "lists", "prefect.yaml"
+)
 
 
 def copy_project(dest: Path, edit_params: Callable[[str], str] | None = None, author: str = "liftplus bench") -> Path:

@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from liftplus.data.longtail import FEW_BELOW, MANY_ABOVE, counts_from_split_list, longtail_stats
+from liftplus.data.longtail import FEW_BELOW, MANY_ABOVE, longtail_stats
+from liftplus.data.sources.split_list import counts_from_split_list
 from liftplus.data.manifest import read_manifest
 from liftplus.errors import DataError
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from liftplus.errors import DataError
@@ -92,31 +91,3 @@ def count_curve(class_counts: Sequence[int], classnames: Sequence[str]) -> list[
         {"rank": rank, "label": label, "class": classnames[label], "count": int(class_counts[label])}
         for rank, label in enumerate(order, start=1)
     ]
-
-
-def counts_from_split_list(path: str | Path) -> list[int]:
-    """Per-class image counts of a split-list file (``relative/path.jpg label`` lines).
-
-    The class count is the largest label + 1; a label that no line uses counts 0.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: split list not found")
-    counts: list[int] = []
-    with open(path, encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            fields = line.rsplit(None, 1)
-            if len(fields) != 2 or not fields[1].isdigit():
-                raise DataError(
-                    f"{path}:{line_number}: expected 'relative/path label' with a label >= 0, got {line!r}"
-                )
-            label = int(fields[1])
-            if label >= len(counts):
-                counts.extend([0] * (label + 1 - len(counts)))
-            counts[label] += 1
-    if not counts:
-        raise DataError(f"{path}: split list has no 'relative/path label' line")
-    return counts

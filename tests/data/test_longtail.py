@@ -2,10 +2,10 @@ import pytest
 
 from liftplus.data.longtail import (
     count_curve,
-    counts_from_split_list,
     longtail_metrics,
     longtail_stats,
 )
+from liftplus.data.sources.split_list import counts_from_split_list
 from liftplus.errors import DataError
 
 

@@ -28,7 +28,7 @@ def make_tree(tmp_path, names=("cat", "dog", "great white shark")):
 
 
 def params(tmp_path, data_params, **overrides):
-    values = dict(source="split-list", root=str(tmp_path / "root"),
+    values = dict(source="split-list", root=str(tmp_path / "root"), lists=str(tmp_path), imbalance_ratio=1,
                   classnames=str(tmp_path / "classnames.txt"),
                   train_list=str(tmp_path / "train.txt"), test_list=str(tmp_path / "test.txt"))
     values.update(overrides)

@@ -37,8 +37,9 @@ def split_list_data(root: Path, names=NAMES, train_labels=(0, 1, 2) * 4, test_la
         lists[split] = root / f"{split}.txt"
         lists[split].write_text("\n".join(lines) + "\n")
     (root / "classnames.txt").write_text("\n".join(names) + "\n")
-    return {"source": "split-list", "root": str(root / "images"), "classnames": str(root / "classnames.txt"),
-            "train_list": str(lists["train"]), "test_list": str(lists["test"]), "shard_max_samples": 4}
+    return {"source": "split-list", "root": str(root / "images"), "lists": str(root), "imbalance_ratio": 1,
+            "classnames": str(root / "classnames.txt"), "train_list": str(lists["train"]),
+            "test_list": str(lists["test"]), "shard_max_samples": 4}
 
 
 def shard(tmp_path: Path, base: Path, **data) -> tuple:

@@ -15,11 +15,20 @@ def read_classnames(path: Path) -> list[str]:
     return _read_lines(path)
 
 
-def _read_lines(path: Path) -> list[str]:
+def read_text(path: Path, what: str) -> str:
+    """A text file's content; a UTF-8 byte-order mark (Windows editors write one) is not part of it."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read class names ({_reason(exc)})") from None
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: cannot read {what}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read {what} ({_reason(exc)})") from None
+
+
+def _read_lines(path: Path) -> list[str]:
+    lines = read_text(path, "class names").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     names = []
@@ -32,9 +41,10 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _read_categories_json(path: Path) -> list[str]:
+    text = read_text(path, "categories")
     try:
-        categories = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        categories = json.loads(text)
+    except json.JSONDecodeError as exc:
         reason = _reason(exc)
         raise DataError(f"{path}: not a readable JSON list of categories ({reason})") from None
     if not isinstance(categories, list) or not all(
