@@ -110,3 +110,61 @@ def test_zero_count_names_the_class(name):
 def test_unknown_loss_is_a_params_error():
     with pytest.raises(ParamsError, match="train.loss"):
         build_loss("hinge", COUNTS)
+
+
+def test_class_balanced_weights_by_formula():
+    # Cui et al.: w_c = (1 - beta) / (1 - beta ** n_c), normalised to mean 1, beta 0.9999 as the reference
+    counts = np.array(COUNTS, dtype=np.float64)
+    weights = (1 - 0.9999) / (1 - 0.9999**counts)
+    weights /= weights.mean()
+    logits, labels = batch(7)
+    loss = build_loss("cb", COUNTS)
+    assert loss.class_weights.tolist() == pytest.approx(weights.tolist(), rel=1e-4)
+    expected = F.cross_entropy(logits.double(), labels, weight=torch.tensor(weights))
+    assert loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_generalized_reweight_weights_by_formula():
+    # w_c = 1 / prior_c, normalised to mean 1: counts 300 and 5 weigh 1/300 : 1/5
+    counts = np.array(COUNTS, dtype=np.float64)
+    weights = 1 / (counts / counts.sum())
+    weights /= weights.mean()
+    loss = build_loss("grw", COUNTS)
+    assert loss.class_weights.tolist() == pytest.approx(weights.tolist(), rel=1e-6)
+    assert loss.class_weights[-1].item() / loss.class_weights[0].item() == pytest.approx(60.0, rel=1e-6)
+    logits, labels = batch(8)
+    expected = F.cross_entropy(logits.double(), labels, weight=torch.tensor(weights))
+    assert loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def reference_lade(logits: torch.Tensor, labels: torch.Tensor, counts, remine_lambda=0.1, weight=0.1) -> float:
+    """The reference's utils/losses.py LADELoss.forward, step by step, in float64."""
+    counts = torch.tensor(counts, dtype=torch.float64)
+    prior = counts / counts.sum()
+    num_classes = len(counts)
+    logits = logits.double()
+    ce = F.cross_entropy(logits + torch.log(prior).unsqueeze(0), labels)
+    mask = labels == torch.arange(num_classes).view(-1, 1)
+    per_cls_pred_spread = logits.T * mask
+    pred_spread = (logits - torch.log(prior + 1e-9) + math.log(1.0 / num_classes + 1e-9)).T
+    num_samples_per_cls = mask.sum(-1).double()
+    first = per_cls_pred_spread.sum(-1) / (num_samples_per_cls + 1e-8)
+    second = torch.logsumexp(pred_spread, -1) - math.log(per_cls_pred_spread.size(-1))
+    estim = -torch.sum((first - second - second**2 * remine_lambda) * prior)
+    return (ce + weight * estim).item()
+
+
+@pytest.mark.parametrize("seed", [9, 10])
+def test_lade_matches_the_reference_computation(seed):
+    logits, labels = batch(seed, n=32)
+    expected = reference_lade(logits, labels, COUNTS)
+    assert build_loss("lade", COUNTS)(logits, labels).item() == pytest.approx(expected, rel=1e-5)
+    assert abs(expected - build_loss("la", COUNTS)(logits, labels).item()) > 1e-3  # the bound term counts
+
+
+def test_new_losses_train_a_step_without_nan():
+    logits, labels = batch(11)
+    for name in ("cb", "grw", "lade"):
+        weights = logits.clone().requires_grad_()
+        build_loss(name, COUNTS)(weights, labels).backward()
+        assert torch.isfinite(weights.grad).all(), name
