@@ -8,10 +8,13 @@ full traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import sys
-from typing import Callable, TypeVar
+import threading
+from typing import Callable, Iterator, TypeVar
 
 
 class LiftplusError(Exception):
@@ -44,6 +47,41 @@ class GateFailed(LiftplusError):
 
 class OutputError(LiftplusError):
     """An output file could not be written (disk full, read-only, too large); nothing was left behind."""
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM arrived inside :func:`stop_on_signals`.
+
+    A BaseException, as KeyboardInterrupt is: code that catches Exception (to name
+    a file that does not decode, say) must not turn a stop into another error.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Inside the block, SIGINT and SIGTERM raise :class:`Stopped`, so cleanup code runs.
+
+    SIGTERM's default action ends the process on the spot, leaving its temporary
+    files behind; as an exception it unwinds through every ``finally``. Signal
+    handlers belong to the main thread: elsewhere the block runs unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -82,11 +120,11 @@ def exit_on_error(main: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except (LiftplusError, FileNotFoundError, PermissionError, OSError) as exc:
+        except (LiftplusError, Stopped, FileNotFoundError, PermissionError, OSError) as exc:
             if debug_enabled() or _debug_flag_given(args, kwargs):
                 raise
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if not isinstance(exc, LiftplusError):
+            if not isinstance(exc, (LiftplusError, Stopped)):
                 message = f"{type(exc).__name__}: {message}"
             _close_progress_bars()
             print(f"error: {message}", file=sys.stderr)

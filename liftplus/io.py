@@ -13,9 +13,10 @@ import errno
 import hashlib
 import json
 import os
+import secrets
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, Mapping
 
 from liftplus.errors import OutputError
 
@@ -30,13 +31,16 @@ this file, whose text varies ("unexpected pos 704 vs 598", "basic_ios::clear: io
 def output_error(path: str | Path, exc: BaseException) -> OutputError:
     """One line for a failed write of ``path``."""
     if isinstance(exc, OSError):
-        reason = exc.strerror or str(exc).splitlines()[0] or type(exc).__name__
+        reason = error_reason(exc)
     else:
-        reason = f"torch.save failed: {_first_line(exc)}; is the disk full?"
+        reason = f"torch.save failed: {error_reason(exc)}; is the disk full?"
     return OutputError(f"{path}: cannot write ({reason}); nothing was written")
 
 
-def _first_line(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
+    """What went wrong, in a few words: the system's text for an OSError (its file is named apart)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -63,24 +67,107 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     :data:`WRITE_ERRNOS`, or torch's zip writer failing) is re-raised as an
     :class:`OutputError` naming ``path``.
     """
-    path = Path(path)
+    with atomic_paths(path) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
+    """:func:`atomic_path` for a set of files that must change together: all of them, or none.
+
+    Every file is written to its temporary name first; only when the block has
+    succeeded are they renamed into place, and a rename that fails puts back the
+    files already replaced. On any error every temporary is removed.
+    """
+    paths = [Path(p) for p in paths]
+    tmps: list[Path] = []
+    try:
+        for path in paths:
+            tmps.append(_temp_beside(path))
+        yield list(tmps)
+        _replace_all(tmps, paths)
+    except BaseException as exc:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        failed = _failed_output(exc, tmps, paths)
+        if failed is not None:
+            raise output_error(failed, exc) from exc
+        raise
+
+
+def _temp_beside(path: Path) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise output_error(path, exc) from exc
     os.close(fd)
-    tmp_path = Path(tmp)
+    return Path(tmp)
+
+
+def _failed_output(exc: BaseException, tmps: list[Path], paths: list[Path]) -> str | Path | None:
+    """The output a refused write belongs to, or None when ``exc`` is no refused write of ours."""
+    if isinstance(exc, OutputError) or not _is_write_failure(exc, *tmps, *paths):
+        return None
+    filename = str(getattr(exc, "filename", None))
+    for tmp, path in zip(tmps, paths):
+        if filename in (str(tmp), str(path)):
+            return path
+    return paths[0] if len(paths) == 1 else ", ".join(map(str, paths))
+
+
+def _replace_all(tmps: list[Path], paths: list[Path]) -> None:
+    """Rename each temporary onto its path; when one rename fails, put back the ones before it."""
+    mode = 0o666 & ~_umask()
+    for tmp in tmps:
+        if tmp.exists():
+            os.chmod(tmp, mode)
+    if len(paths) == 1:  # one rename is atomic already
+        os.replace(tmps[0], paths[0])
+        return
+    backups: list[Path | None] = []
     try:
-        yield tmp_path
-        if tmp_path.exists():
-            os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
-    except BaseException as exc:
-        tmp_path.unlink(missing_ok=True)
-        if _is_write_failure(exc, tmp_path, path):
-            raise output_error(path, exc) from exc
+        for path in paths:
+            backups.append(_backup(path))
+        _replace_or_undo(tmps, paths, backups)
+    finally:
+        for backup in backups:
+            if backup is not None:
+                backup.unlink(missing_ok=True)
+
+
+def _replace_or_undo(tmps: list[Path], paths: list[Path], backups: list[Path | None]) -> None:
+    replaced: list[tuple[Path, Path | None]] = []
+    try:
+        for tmp, path, backup in zip(tmps, paths, backups):
+            os.replace(tmp, path)
+            replaced.append((path, backup))
+    except BaseException:
+        for path, backup in reversed(replaced):
+            _put_back(path, backup)
         raise
+
+
+def _backup(path: Path) -> Path | None:
+    """A second name (hard link) for the current ``path``, to put it back; None when there is none."""
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if not path.exists():
+        return None
+    while True:
+        backup = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.link(path, backup)
+            return backup
+        except FileExistsError:
+            continue
+
+
+def _put_back(path: Path, backup: Path | None) -> None:
+    if backup is None:
+        path.unlink(missing_ok=True)
+    else:
+        os.replace(backup, path)
 
 
 def _umask() -> int:
@@ -89,14 +176,29 @@ def _umask() -> int:
     return mask
 
 
+def json_text(obj: Any) -> str:
+    """How every JSON output is written: indented, keys in their order, a final newline."""
+    return json.dumps(obj, indent=2, sort_keys=False) + "\n"
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_text(path, json_text(obj))
 
 
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_texts(texts: Mapping[str | Path, str]) -> None:
+    """Write several text files as one set (:func:`atomic_paths`): a failure leaves every previous file as it was."""
+    with atomic_paths(*texts) as tmps:
+        for tmp, text in zip(tmps, texts.values()):
+            try:
+                tmp.write_text(text)
+            except OSError as exc:  # a refused write() names no file: it is this one
+                exc.filename = exc.filename or str(tmp)
+                raise
 
 
 class _WriteRecorder:

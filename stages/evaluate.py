@@ -10,7 +10,8 @@ from liftplus.data.manifest import read_manifest, shard_paths
 from liftplus.data.input_path import eval_input, resolve_hand_off
 from liftplus.errors import DataError, exit_on_error
 from liftplus.evaluate import check_classnames, evaluation_report
-from liftplus.io import write_json, write_text
+from liftplus.io import json_text, write_texts
+from liftplus.locks import output_lock
 from liftplus.model.checkpoint import model_from_checkpoint
 from liftplus.params import load_params
 from liftplus.train import Distributed, pick_device, predict_logits
@@ -30,7 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = stage_parser("evaluate", __doc__, shards="data/shards", model="data/model/adapter.pt", out="data/metrics")
     parser.add_argument("--split", default="test", help="the manifest split to evaluate on")
     args = parser.parse_args(argv)
+    with output_lock(args.out, "evaluate"):
+        evaluate_stage(args)
 
+
+def evaluate_stage(args) -> None:
     params = load_params(args.params).evaluate
     shard_dir = args.shards
     manifest = read_manifest(shard_dir / "manifest.json")
@@ -49,9 +54,11 @@ def main(argv: list[str] | None = None) -> None:
 
     report = evaluation_report(logits, labels, manifest["splits"]["train"]["class_counts"], classnames, params.tte)
     out = args.out
-    write_text(out / "per_class.csv", csv_text(report["per_class"]))
-    write_text(out / "predictions.csv", csv_text(report["predictions"]))
-    write_json(out / "eval.json", report["metrics"])
+    write_texts({  # one set: a failure leaves every previous file as it was
+        out / "per_class.csv": csv_text(report["per_class"]),
+        out / "predictions.csv": csv_text(report["predictions"]),
+        out / "eval.json": json_text(report["metrics"]),
+    })
     m = report["metrics"]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     print(f"evaluate ({args.split}, {'TTE' if params.tte else 'centre crop'}): accuracy {fmt(m['accuracy'])}  "

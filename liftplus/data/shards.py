@@ -9,6 +9,7 @@ member order, so the same records always give byte-identical tars.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -176,15 +177,60 @@ def _check_end_of_archive(path: Path, offset: int) -> None:
         raise _corrupt(path, "no end-of-archive marker")
 
 
+TEMP_KINDS = ("tmp", "old")
+"""``atomic_directory`` writes into ``.<name>.tmp-<pid>-XXXX`` and moves the previous output
+aside into ``.<name>.old-<pid>-XXXX``; the PID says whether their owner still runs."""
+
+
+def _temp_prefix(final: Path, kind: str) -> str:
+    return f".{final.name}.{kind}-"
+
+
+def _make_temp(final: Path, kind: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(final, kind)}{os.getpid()}-", dir=final.parent))
+
+
+def _owner_pid(name: str, prefix: str) -> int | None:
+    """The PID in ``<prefix><pid>-XXXX``; None for a name without one (made by an older version)."""
+    pid, separator, _ = name[len(prefix):].partition("-")
+    return int(pid) if separator and pid.isdigit() and int(pid) > 0 else None
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: str | Path) -> None:
+    """Remove the temporary siblings of ``final`` whose owner is gone (killed, power cut).
+
+    A folder of a run still in progress (its PID alive) is left alone.
+    """
+    final = Path(final)
+    for kind in TEMP_KINDS:
+        prefix = _temp_prefix(final, kind)
+        for path in final.parent.glob(f"{glob.escape(prefix)}*"):
+            pid = _owner_pid(path.name, prefix)
+            if pid is not None and not _is_running(pid):
+                shutil.rmtree(path, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(final: str | Path) -> Iterator[Path]:
     """Yield an empty temporary sibling of ``final``; on success it replaces ``final``.
 
-    On any error the temporary folder is removed and ``final`` is left as it was.
+    On any error the temporary folder is removed and ``final`` is left as it was;
+    what a killed run left behind is removed by the next one.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    remove_stale_temporaries(final)
+    tmp = _make_temp(final, "tmp")
     tmp.chmod(0o755)
     try:
         yield tmp
@@ -193,7 +239,7 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
         raise
     old = None
     if final.exists() or final.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        old = _make_temp(final, "old")
         os.replace(final, old / final.name)
     os.replace(tmp, final)
     if old is not None:

@@ -7,6 +7,9 @@ middle of its second epoch and reproduced again: it must resume from the
 epoch-1 state and end with the same ``eval.json``, byte for byte. The same
 shards and head also serve direct runs of the train stage stopped by SIGTERM
 and SIGINT, and a run with worker processes (determinism across worker counts).
+The shard stage, killed or stopped half-way through a tar, leaves nothing for
+good: its temporary folder goes at once on SIGTERM/SIGINT, and on the next run
+after a SIGKILL.
 
 Every stage process imports torch, torchvision and open_clip (about 10 s of CPU
 here), so what is not about a separate process (resuming to the end, the
@@ -19,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,8 +29,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from faultkit import invoke, stage_env, temp_leftovers, write_params
+from faultkit import assert_nothing_left, assert_one_line_error, invoke, temp_leftovers, tree, write_params
 from pipeline_project import make_project, run
+from stageproc import Background, PausedStage
 
 pytestmark = pytest.mark.slow
 
@@ -42,39 +45,6 @@ PROJECT = {
 STATE = Path("data/train_state/last.pt")
 LOCK_MESSAGES = ("is busy, it is being blocked by", "Unable to acquire lock")
 """DVC's per-path lock (a stage's deps and outs), or its whole-repo lock."""
-
-
-class Background:
-    """A command in its own process group, its output in files (no pipe to fill up)."""
-
-    def __init__(self, cmd: list[str], cwd: Path, logs: Path, name: str):
-        logs.mkdir(parents=True, exist_ok=True)
-        self.out_path, self.err_path = logs / f"{name}.out", logs / f"{name}.err"
-        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen(cmd, cwd=cwd, env=stage_env(), stdout=out, stderr=err,
-                                         start_new_session=True)
-
-    def wait(self, timeout: float = 300) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    @property
-    def stdout(self) -> str:
-        return self.out_path.read_text()
-
-    @property
-    def stderr(self) -> str:
-        return self.err_path.read_text()
-
-    def until(self, condition, timeout: float = 240, what: str = "condition") -> None:
-        """Poll ``condition`` every 20 ms; fail if the process ends first."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"ended (exit {self.proc.returncode}) before {what}\n{self.stdout[-2000:]}\n{self.stderr[-2000:]}")
-            if time.monotonic() > deadline:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                raise AssertionError(f"timed out waiting for {what}")
-            time.sleep(0.02)
 
 
 def saved_epoch(path: Path) -> int | None:
@@ -215,3 +185,49 @@ def test_same_metrics_with_worker_processes(copies, pipeline_runs, tmp_path):
     assert evaluated.code == 0, evaluated.stderr[-2000:]
     assert same_weights(out / "adapter.pt", b / "data/model/adapter.pt")
     assert (out / "metrics" / "eval.json").read_text() == (b / "data/metrics/eval.json").read_text()
+
+
+SHARD_WRITE = "liftplus.data.shards:_Shard.close"
+"""The shard stage held here has its first tar half-written in its temporary folder."""
+
+
+def shard_leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith((".shards.tmp-", ".shards.old-")))
+
+
+def test_shard_killed_mid_write_leaves_a_temp_that_the_next_run_removes(tmp_path, params_file):
+    out = tmp_path / "data" / "shards"
+    killed = PausedStage("shard", SHARD_WRITE, "--params", params_file, "--out", out, workdir=tmp_path)
+    try:
+        killed.wait_until_paused()
+        os.killpg(killed.proc.pid, signal.SIGKILL)
+        assert killed.wait() == -signal.SIGKILL
+    finally:
+        killed.kill()
+    left = shard_leftovers(out.parent)
+    assert len(left) == 1 and left[0].startswith(".shards.tmp-"), left
+    assert not out.exists()
+
+    again = invoke("shard", "--params", params_file, "--out", out)
+    assert again.code == 0, again.stderr[-2000:]
+    assert shard_leftovers(out.parent) == [] and temp_leftovers(out.parent) == []
+    assert (out / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_shard_stopped_by_a_signal_mid_write_leaves_nothing(tmp_path, params_file, shards, sig):
+    """SIGTERM (a scheduler's stop) or Ctrl-C: one line, exit 1, the previous shards as they were."""
+    out = Path(shutil.copytree(shards, tmp_path / "data" / "shards"))
+    before = tree(out)
+    stopped = PausedStage("shard", SHARD_WRITE, "--params", params_file, "--out", out, workdir=tmp_path)
+    try:
+        stopped.wait_until_paused()
+        assert shard_leftovers(out.parent), "the stage should be writing into its temporary folder"
+        os.kill(stopped.proc.pid, sig)
+        code = stopped.wait()
+    finally:
+        stopped.kill()
+    assert code == 1
+    assert_one_line_error(stopped.outcome(), f"error: shard: stopped by signal {int(sig)}; nothing was written, "
+                                             f"{out} is as it was before")
+    assert_nothing_left(out.parent, {f"shards/{name}": content for name, content in before.items()})

@@ -1,4 +1,8 @@
-"""Training that diverges, and outputs the disk refuses: one line, and no half-written file."""
+"""Training that diverges, and outputs the disk refuses: one line, and no half-written file.
+
+A stage that writes several files (evaluate) changes them as one set or not at all; a training
+log that DVCLive cannot write names the file it failed on.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from faultkit import assert_nothing_left, assert_one_line_error, invoke, run_stage, temp_leftovers, tree, write_params
+from stageproc import train_args
 
 
 def test_nan_loss_stops_training(tmp_path, params_file, shards, head):
@@ -113,3 +118,65 @@ def test_disk_full_when_the_training_log_starts(tmp_path, monkeypatch, params_fi
     assert_one_line_error(done, f"{out / 'live'}: cannot start the DVCLive training log (disk I/O error)")
     assert not (out / "model").exists() and not (out / "state").exists()
     assert temp_leftovers(out) == []
+
+
+def test_training_log_write_refused_mid_run_names_the_file(tmp_path, params_file, shards, head):
+    """A file where DVCLive makes its per-metric folder: refused at the first epoch's log (DVCLive's
+    start clears its plot folders, but not a file in their place). Training stops in one line naming
+    it; the epoch's state is saved, and once the path is fixed a rerun picks up from it."""
+    out = tmp_path / "out"
+    in_the_way = out / "live" / "plots" / "metrics"
+    in_the_way.parent.mkdir(parents=True)
+    in_the_way.write_text("not a folder\n")
+    done = invoke("train", *train_args(params_file, shards, head, out))
+    assert_one_line_error(done, f"error: {in_the_way / 'train'}: cannot write (Not a directory); "
+                                "the training log stopped at epoch 1, whose state is saved")
+    assert not (out / "model" / "adapter.pt").exists() and temp_leftovers(out) == []
+
+    in_the_way.unlink()
+    again = invoke("train", *train_args(params_file, shards, head, out))
+    assert again.code == 0, again.stderr[-2000:]
+    assert "epoch 1/1 (from the saved state)" in again.stdout
+    assert (out / "model" / "adapter.pt").is_file() and (out / "live" / "metrics.json").is_file()
+
+
+EVAL_OUTPUTS = ("per_class.csv", "predictions.csv", "eval.json")
+
+
+def previous_outputs(out: Path, *names: str) -> dict[str, bytes]:
+    """Stand-ins for an earlier evaluation's files (content no new run can give), as ``tree`` lists them."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (out / name).write_text(f"previous {name}\n")
+    return tree(out)
+
+
+def evaluate_args(params: Path, shards: Path, checkpoint: Path, out: Path) -> list:
+    return ["--params", params, "--shards", shards, "--model", checkpoint, "--out", out]
+
+
+def test_evaluation_outputs_change_together_when_one_cannot_be_renamed(tmp_path, params_file, shards, checkpoint):
+    """``predictions.csv`` is a folder: the other two files, renamed into place before it in the
+    past, must stay the previous ones."""
+    out = tmp_path / "metrics"
+    (out / "predictions.csv").mkdir(parents=True)
+    (out / "predictions.csv" / "keep.txt").write_text("a user's file\n")
+    before = previous_outputs(out, "per_class.csv", "eval.json")
+    done = invoke("evaluate", *evaluate_args(params_file, shards, checkpoint, out))
+    assert_one_line_error(done, f"error: {out / 'predictions.csv'}: cannot write (Is a directory); nothing was written")
+    assert_nothing_left(out, before)
+
+
+def test_evaluation_outputs_change_together_on_a_full_disk(tmp_path, params_file, shards, checkpoint):
+    """A real process whose writes past a size between ``per_class.csv``'s and ``predictions.csv``'s
+    are refused: the first is written, the second is not, and neither replaces a previous file."""
+    sizes = invoke("evaluate", *evaluate_args(params_file, shards, checkpoint, tmp_path / "sizes"))
+    assert sizes.code == 0, sizes.stderr[-2000:]
+    small, large = ((tmp_path / "sizes" / name).stat().st_size for name in EVAL_OUTPUTS[:2])
+    assert small < large
+    out = tmp_path / "metrics"
+    before = previous_outputs(out, *EVAL_OUTPUTS)
+    done = run_stage("evaluate", *evaluate_args(params_file, shards, checkpoint, out),
+                     preexec_fn=limit_file_size((small + large) // 2))
+    assert_one_line_error(done, f"error: {out / 'predictions.csv'}: cannot write (File too large); nothing was written")
+    assert_nothing_left(out, before)
