@@ -15,6 +15,8 @@ decode when training, for ``H * W * channels + 128`` bytes an image (a
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,10 +30,20 @@ JPEG_QUALITY = 95
 PIXELS_EXT = "npy"
 EXIF_ORIENTATION = 0x0112
 _EIGHT_BIT_MODES = ("RGB", "L")
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+"""`` <_io.BytesIO object at 0x7f...>`` in PIL's messages: a different address every run."""
+
+# The pixel budget (``data.max_pixels``) is checked before decoding: PIL's softer warning adds nothing
+# but a stray stderr line; its hard DecompressionBombError is reported as "too large".
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class UndecodableImage(ValueError):
     """The bytes are not an image PIL can fully decode."""
+
+
+class ImageTooLarge(UndecodableImage):
+    """The image has more pixels than the budget allows; refused before its pixels are decoded."""
 
 
 @dataclass(frozen=True)
@@ -135,19 +147,41 @@ def as_pixels(data: bytes, ext: str) -> bytes:
     return encode_pixels(open_image(data, ext))
 
 
-def _open_decoded(raw: bytes) -> Image.Image:
+def error_reason(exc: BaseException) -> str:
+    """An exception as one stable line: its first line, without object reprs (``<... at 0x...>``).
+
+    Skipped images are listed in the manifest with this reason, so the same
+    data must give the same bytes on every run.
+    """
+    first_line = str(exc).splitlines()[0].strip() if str(exc).strip() else ""
+    return _OBJECT_REPR.sub("", first_line) or type(exc).__name__
+
+
+def _open_decoded(raw: bytes, max_pixels: int) -> Image.Image:
+    """The decoded image; its size is checked against ``max_pixels`` from the header, before decoding."""
     try:
         image = Image.open(io.BytesIO(raw))
-        image.load()
+    except Image.DecompressionBombError as exc:  # over PIL's own hard limit (2 x MAX_IMAGE_PIXELS)
+        raise ImageTooLarge(f"too large: {error_reason(exc)}") from None
     except Exception as exc:  # PIL raises many types for bad bytes
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UndecodableImage(message) from None
+        raise UndecodableImage(error_reason(exc)) from None
+    too_large = pixel_budget_exceeded(image.size, max_pixels)
+    if too_large:
+        raise ImageTooLarge(f"too large: {too_large}")
+    try:
+        image.load()
+    except Exception as exc:
+        raise UndecodableImage(error_reason(exc)) from None
     return image
 
 
-def prepare_photo(raw: bytes, max_short_side: int) -> EncodedImage:
-    """Bytes to store for a photo file's content; raise UndecodableImage if it does not decode."""
-    image = _open_decoded(raw)
+def prepare_photo(raw: bytes, max_short_side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:
+    """Bytes to store for a photo file's content.
+
+    Raise ImageTooLarge if it has more than ``max_pixels`` pixels, UndecodableImage
+    if it does not decode.
+    """
+    image = _open_decoded(raw, max_pixels)
     source_format = image.format
     orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     too_large = max_short_side > 0 and min(image.size) > max_short_side

@@ -51,5 +51,7 @@ def shard_source(
         skipped = [asdict(s) for s in source.skipped.get(split, [])]
         splits[split] = split_entry([counts[c] for c in range(num_classes)], shards, skipped)
     manifest = build_manifest(source_name, source.classnames, splits)
+    if source.holdout is not None:  # last key: the manifests of sources without one are unchanged
+        manifest["holdout"] = dict(source.holdout)
     write_json(out_dir / MANIFEST_NAME, manifest)
     return manifest

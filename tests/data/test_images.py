@@ -1,4 +1,6 @@
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -6,10 +8,12 @@ from PIL import Image
 
 from fake_raw_data import image_bytes
 from liftplus.data.images import (
+    ImageTooLarge,
     UndecodableImage,
     decode_pixels,
     encode_pixels,
     encode_png,
+    error_reason,
     prepare_photo,
     resized_size,
 )
@@ -125,7 +129,7 @@ def test_other_formats_become_png(fmt):
 
 
 def test_undecodable_and_truncated_bytes_are_reported():
-    with pytest.raises(UndecodableImage):
+    with pytest.raises(UndecodableImage, match=r"^cannot identify image file$"):  # no "<_io.BytesIO at 0x...>"
         prepare_photo(b"this is not an image", max_short_side=256)
     raw = image_bytes(gradient(200, 200), "JPEG")
     with pytest.raises(UndecodableImage, match="truncated"):
@@ -146,3 +150,41 @@ def test_pixels_round_trip_and_refuse_what_is_not_a_uint8_image():
         decode_pixels(floats.getvalue())
     with pytest.raises(ValueError, match="not an .npy array"):
         decode_pixels(b"\x89PNG\r\n\x1a\n")
+
+
+def test_pixel_budget_is_checked_from_the_header_before_decoding():
+    raw = image_bytes(Image.new("RGB", (1000, 600), (10, 20, 30)), "PNG")
+    header_only = raw[:64]  # the size is known, not one pixel is
+    with pytest.raises(ImageTooLarge, match=r"^too large: 1000x600 is 0\.6 MP, over the 0\.5 MP budget$"):
+        prepare_photo(header_only, max_short_side=256, max_pixels=500_000)
+    assert prepare_photo(raw, max_short_side=0, max_pixels=600_000).ext == "png"
+    with pytest.raises(UndecodableImage, match="truncated|broken|image file"):
+        prepare_photo(header_only, max_short_side=256, max_pixels=600_000)
+
+
+def test_pils_own_bomb_limit_is_reported_as_too_large(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses over twice this
+    raw = image_bytes(gradient(50, 50), "PNG")
+    with pytest.raises(ImageTooLarge, match=r"^too large: Image size \(2500 pixels\) exceeds limit of 2000 pixels"):
+        prepare_photo(raw, max_short_side=256)
+
+
+def test_pils_bomb_warning_never_reaches_stderr():
+    """Even where every warning is an error, an image over PIL's soft limit but within the budget is stored."""
+    code = (
+        "import warnings; warnings.simplefilter('error')\n"
+        "import io; from PIL import Image\n"
+        "from liftplus.data.images import prepare_photo\n"
+        "Image.MAX_IMAGE_PIXELS = 1000\n"
+        "buffer = io.BytesIO(); Image.new('RGB', (40, 40)).save(buffer, format='PNG')\n"
+        "print(prepare_photo(buffer.getvalue(), 256).ext)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "png\n", "")
+
+
+def test_error_reason_is_one_line_without_object_addresses():
+    exc = OSError("cannot identify image file <_io.BytesIO object at 0x7f3a2c1d9e40>\nmore detail")
+    assert error_reason(exc) == "cannot identify image file"
+    assert error_reason(ValueError()) == "ValueError"
+    assert error_reason(OSError("<PIL.PngImagePlugin.PngImageFile image mode=RGB size=3x3 at 0x10>")) == "OSError"

@@ -74,23 +74,24 @@ def test_failure_while_writing_keeps_previous_shards_and_no_temp(tmp_path, capsy
     root = tmp_path / "photos"
     for cls in ("a", "b"):
         for i in range(3):
-            save_image(root / cls / f"{i}.jpg", (20, 20), fmt="JPEG")
+            save_image(root / "train" / cls / f"{i}.jpg", (20, 20), fmt="JPEG")
+        save_image(root / "test" / cls / "0.jpg", (20, 20), fmt="JPEG")
     out = tmp_path / "shards"
-    good = write_params(tmp_path, source="imagefolder", root=str(root))
+    good = write_params(tmp_path, source="imagefolder", root=str(root), imbalance_ratio=1)
     run_stage(good, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    (root / "b" / "2.jpg").write_bytes(b"broken")
+    (root / "train" / "b" / "2.jpg").write_bytes(b"broken")
     with pytest.raises(SystemExit) as exc_info:
         run_stage(good, out)
     assert_failed_cleanly(capsys, exc_info, out, "b/2.jpg: cannot decode")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "photos", "shards"]
 
-    write_params(tmp_path, source="imagefolder", root=str(root), on_decode_error="skip")
+    write_params(tmp_path, source="imagefolder", root=str(root), imbalance_ratio=1, on_decode_error="skip")
     run_stage(good, out)
     manifest = read_manifest(out)
     assert manifest["splits"]["train"]["class_counts"] == [3, 2]
-    assert manifest["splits"]["train"]["skipped"][0]["source"] == "b/2.jpg"
+    assert manifest["splits"]["train"]["skipped"][0]["source"] == "train/b/2.jpg"
 
 
 def test_wrong_source_name(tmp_path, capsys):

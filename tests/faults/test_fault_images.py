@@ -53,13 +53,15 @@ def odd_images(folder: Path) -> dict[str, tuple[int, int]]:
 @pytest.fixture
 def image_folder(tmp_path) -> tuple[Path, dict]:
     root = tmp_path / "photos"
-    sizes = odd_images(root / "odd")
-    save(Image.fromarray(np.full((36, 36, 3), 90, np.uint8)), root / "plain" / "grey.png")
+    sizes = odd_images(root / "train" / "odd")
+    save(Image.fromarray(np.full((36, 36, 3), 90, np.uint8)), root / "train" / "plain" / "grey.png")
+    for name in ("odd", "plain"):  # a test folder of its own: no hold-out taken from train
+        save(Image.fromarray(np.full((36, 36, 3), 90, np.uint8)), root / "test" / name / "grey.png")
     return root, sizes
 
 
 def shard_folder(tmp_path: Path, base: Path, root: Path, **data):
-    params = write_params(tmp_path / "params.yaml", base, data={"source": "imagefolder", "root": str(root), **data})
+    params = write_params(tmp_path / "params.yaml", base, data={"source": "imagefolder", "root": str(root), "imbalance_ratio": 1, **data})
     out = tmp_path / "out" / "shards"
     return invoke("shard", "--params", params, "--out", out), out
 
@@ -108,7 +110,7 @@ def test_odd_images_reach_the_model_as_tensors(tmp_path, params_file, image_fold
 
 def test_undecodable_image_fails_the_stage_by_default(tmp_path, params_file, image_folder):
     root, _ = image_folder
-    broken = root / "plain" / "broken.jpg"
+    broken = root / "train" / "plain" / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
     done, shards = shard_folder(tmp_path, params_file, root)
     assert_one_line_error(done, f"{broken}: cannot decode", "set data.on_decode_error: skip")
@@ -117,11 +119,11 @@ def test_undecodable_image_fails_the_stage_by_default(tmp_path, params_file, ima
 
 def test_undecodable_image_skipped_and_counted(tmp_path, params_file, image_folder):
     root, sizes = image_folder
-    (root / "plain" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    (root / "train" / "plain" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
     done, shards = shard_folder(tmp_path, params_file, root, on_decode_error="skip")
     assert done.code == 0, done.stderr
     train = json.loads((shards / "manifest.json").read_text())["splits"]["train"]
-    assert [s["source"] for s in train["skipped"]] == ["plain/broken.jpg"]
+    assert [s["source"] for s in train["skipped"]] == ["train/plain/broken.jpg"]
     assert train["skipped"][0]["error"].startswith("cannot decode")
     assert train["num_samples"] == len(sizes) + 1
     assert f"train: {len(sizes) + 1} samples in 1 shard(s), 2 classes present, 1 skipped" in done.stdout

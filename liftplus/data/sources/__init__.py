@@ -8,7 +8,7 @@ split by split, so the shard writer can stream any dataset size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from liftplus.errors import DataError
 from liftplus.params import DataParams
@@ -30,7 +30,7 @@ class Record:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A source image left out because it could not be decoded (``on_decode_error: skip``)."""
+    """A file left out: it does not decode (``on_decode_error: skip``), is not an image, or is not read at all."""
 
     source: str
     error: str
@@ -44,6 +44,9 @@ class SourceData:
     splits: dict[str, Callable[[], Iterator[Record]]]
     skipped: dict[str, list[Skipped]] = field(default_factory=dict)
     """Filled while a split is iterated (reset at the start of each iteration)."""
+    holdout: dict[str, Any] | None = None
+    """How a split was held out of another when the source has none, e.g.
+    ``{"split": "test", "from": "train", "fraction": 0.2, "seed": 0}``; the manifest records it."""
 
 
 SPLITS = ("train", "val", "test")
@@ -53,8 +56,26 @@ def record_key(split: str, index: int) -> str:
     return f"{split}-{index:08d}"
 
 
+MIN_CLASSES = 2
+
+
 def open_source(data: DataParams) -> SourceData:
     """Open the source named by ``data.source``; raise DataError on bad inputs."""
+    source = _open_named(data)
+    _check_enough_classes(source.classnames, data)
+    return source
+
+
+def _check_enough_classes(classnames: list[str], data: DataParams) -> None:
+    """Every source: a classifier of fewer than two classes has nothing to learn."""
+    if len(classnames) >= MIN_CLASSES:
+        return
+    where = f"data.classnames {data.classnames}" if data.source == "split-list" else f"data.root {data.root}"
+    found = f"1 class found ({classnames[0]})" if classnames else "no class found"
+    raise DataError(f"{where}: {found}; LIFT+ needs at least {MIN_CLASSES}")
+
+
+def _open_named(data: DataParams) -> SourceData:
     if data.source == "fashion-mnist":
         from liftplus.data.sources.fashion_mnist import open_fashion_mnist
 
