@@ -12,16 +12,20 @@ from rich.console import Console
 from rich.table import Table
 
 from liftplus.data.longtail import FEW_BELOW, MANY_ABOVE, longtail_stats
+from liftplus.data.manifest import MANIFEST_NAME, read_manifest
+from liftplus.data.sources.imagefolder import tree_class_counts
 from liftplus.data.sources.split_list import counts_from_split_list
-from liftplus.data.manifest import read_manifest
 from liftplus.errors import DataError
 
 
 def class_counts_of(file: Path, split: str) -> tuple[list[int], str | None]:
     """Class counts of FILE, and the split they are from (None for a split list).
 
-    FILE is a manifest (``*.json``), a shard directory holding one, or a split list.
+    FILE is a manifest (``*.json``), a shard directory holding one, an image-folder
+    tree (``root/<class>/<image>`` or ``root/{train,val,test}/<class>/...``) or a split list.
     """
+    if file.is_dir() and not (file / MANIFEST_NAME).is_file():
+        return tree_class_counts(file, split), split
     if not file.is_dir() and file.suffix != ".json":
         return counts_from_split_list(file), None
     manifest = read_manifest(file)
@@ -59,11 +63,13 @@ def stats_table(stats: dict[str, Any], title: str) -> Table:
 
 
 def lt_stats(
-    file: Path = typer.Argument(..., help="split list ('path label' lines), manifest.json or shard dir"),
+    file: Path = typer.Argument(
+        ..., help="split list ('path label' lines), image-folder tree, manifest.json or shard dir"
+    ),
     json_: bool = typer.Option(False, "--json", help="print the statistics as JSON"),
-    split: str = typer.Option("train", help="split of a manifest"),
+    split: str = typer.Option("train", help="split of a manifest or of an image-folder tree"),
 ) -> None:
-    """Long-tail statistics (classes, imbalance ratio, many/medium/few) of a split list or manifest."""
+    """Long-tail statistics (classes, imbalance ratio, many/medium/few) of a split list, image folder or manifest."""
     counts, from_split = class_counts_of(file, split)
     stats = longtail_stats(counts)
     if json_:

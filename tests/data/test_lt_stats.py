@@ -104,3 +104,29 @@ def test_bad_input_is_one_error_line(manifest, tmp_path, args, message):
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith("error: ")
     assert message in result.output
+
+
+def image_tree(root, counts, split=None):
+    """Empty-but-named image files: lt-stats counts files, it decodes nothing."""
+    for label, n in enumerate(counts):
+        folder = root / (split or "") / f"class{label}"
+        folder.mkdir(parents=True)
+        for i in range(n):
+            (folder / f"{i}.jpg").write_bytes(b"")
+        (folder / "notes.txt").write_text("not an image")
+
+
+def test_image_folder_tree_before_sharding(tmp_path):
+    image_tree(tmp_path / "flat", [120, 40, 40, 6])
+    stats = json.loads(run(tmp_path / "flat", "--json").output)
+    assert (stats["num_classes"], stats["num_samples"], stats["imbalance_ratio"]) == (4, 206, 20.0)
+    assert (stats["many"], stats["medium"], stats["few"]) == (1, 2, 1)
+
+    image_tree(tmp_path / "split", [30, 5], split="train")
+    image_tree(tmp_path / "split", [2, 2], split="test")
+    train = json.loads(run(tmp_path / "split", "--json").output)
+    assert (train["num_samples"], train["imbalance_ratio"], train["split"]) == (35, 6.0, "train")
+    test = json.loads(run(tmp_path / "split", "--json", "--split", "test").output)
+    assert (test["num_samples"], test["imbalance_ratio"]) == (4, 1.0)
+    result = run(tmp_path / "split", "--split", "val")
+    assert result.exit_code == 1 and "no 'val' folder (found: train, test)" in result.output

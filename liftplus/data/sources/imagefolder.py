@@ -243,19 +243,34 @@ def _split_dirs(tree: FolderTree) -> dict[str, Path]:
     return folders
 
 
-def open_imagefolder(data: DataParams) -> SourceData:
-    root = Path(data.root)
+def _walk_tree(root: Path, allow_outside_root: bool) -> tuple[list[str], dict[str, Path], dict[str, SplitFiles]]:
+    """Class names, split folders and the files of each split, as the shard stage finds them."""
     if not root.is_dir():
         raise DataError(f"data.root {root}: folder not found")
-    tree = FolderTree(root, data.allow_outside_root)
+    tree = FolderTree(root, allow_outside_root)
     split_dirs = _split_dirs(tree)
-    train_dir = split_dirs["train"]
-    classes = class_folders(train_dir)
+    classes = class_folders(split_dirs["train"])
     if not classes:
-        raise DataError(f"data.root {train_dir}: no class folders")
+        raise DataError(f"data.root {split_dirs['train']}: no class folders")
     folders = {split: _class_folders(tree, folder, classes) for split, folder in split_dirs.items()}
-    files = {split: _split_files(tree, split_dirs[split], folders[split]) for split in split_dirs}
-    _check_every_class_has_images(files["train"].entries, classes, train_dir)
+    return classes, split_dirs, {split: _split_files(tree, split_dirs[split], folders[split]) for split in split_dirs}
+
+
+def tree_class_counts(root: Path, split: str = "train", allow_outside_root: bool = False) -> list[int]:
+    """Images per class in one split folder of a tree (the whole tree when it has no split folders),
+    before any hold-out or long-tail subsampling: what ``liftplus lt-stats`` shows before sharding."""
+    classes, _, files = _walk_tree(root, allow_outside_root)
+    if split not in files:
+        raise DataError(f"{root}: no '{split}' folder (found: {', '.join(files)})")
+    counts = [0] * len(classes)
+    for entry in files[split].entries:
+        counts[entry.label] += 1
+    return counts
+
+
+def open_imagefolder(data: DataParams) -> SourceData:
+    classes, split_dirs, files = _walk_tree(Path(data.root), data.allow_outside_root)
+    _check_every_class_has_images(files["train"].entries, classes, split_dirs["train"])
 
     source = SourceData(classnames=classes, splits={})
     entries = {split: split_files.entries for split, split_files in files.items()}
