@@ -2,6 +2,12 @@
 
 Runs alone (``python -m stages.train``) or on several processes
 (``torchrun --nproc_per_node N -m stages.train``); rank 0 logs and writes.
+
+The resumable state (--state) is written after every epoch and on SIGTERM/SIGINT, and
+read back to resume; a state of another run (other params, code or data) is ignored and
+overwritten. It is none of DVC's outs (git-ignored instead): a persistent out would keep
+DVC from restoring this stage from its run cache, as it does when params return to a
+point already trained. Such a restore leaves the state as the last trained run left it.
 """
 
 from __future__ import annotations
