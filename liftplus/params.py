@@ -7,11 +7,12 @@ naming the key, the value and what was expected.
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from liftplus.errors import ParamsError
 
@@ -23,8 +24,20 @@ PeftName = Literal[
 ]
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `.inf` or `.nan` in a float field would train a poisoned model that exits 0
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _within_float32(cls, value: Any) -> Any:
+        """Training computes in float32: a larger float is inf there, or makes torch's optimizer raise."""
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+            raise ValueError(f"{value:g} is beyond the float32 range (magnitude at most {FLOAT32_MAX:.3g})")
+        return value
 
 
 class DataParams(_Section):
@@ -88,7 +101,7 @@ class TrainParams(_Section):
     micro_batch: int = Field(128, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    loss: Literal["la", "ce", "focal", "ldam", "bs"] = "la"
+    loss: Literal["la", "ce", "focal", "ldam", "bs", "cb", "grw", "lade"] = "la"
     tau: float = Field(1.0, ge=0)
     mda: Optional[bool] = Field(None, description="None: the method's default")
     mda_schedule: Literal["convex", "min", "max", "linear", "concave"] = "convex"
@@ -150,24 +163,60 @@ class Params(_Section):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
 
 
+MAX_QUOTED = 60
+"""Characters of a bad value or key an error message quotes; the rest is elided."""
+
+
+def _bounded_repr() -> reprlib.Repr:
+    """A repr that shows at most 3 items a level, 2 levels deep (Python 3.11's Repr takes no arguments)."""
+    bounded = reprlib.Repr()
+    bounded.maxlevel = 2
+    bounded.maxdict = bounded.maxlist = bounded.maxtuple = bounded.maxset = bounded.maxfrozenset = 3
+    bounded.maxstring = bounded.maxlong = bounded.maxother = MAX_QUOTED
+    return bounded
+
+
+_bounded = _bounded_repr()
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED - 3] + "..."
+
+
+def _quote(value: Any) -> str:
+    """``repr(value)``, bounded: a value built from nested YAML aliases can stand for billions of items,
+    and the error message must not walk them all."""
+    return _shorten(_bounded.repr(value))
+
+
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"] if part != "__root__")
-    value = error.get("input")
+    key = _shorten(".".join(str(part) for part in error["loc"] if part != "__root__"))
+    value = _quote(error.get("input"))
     message = error["msg"]
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
     if error["type"] == "literal_error":
         expected = message.removeprefix("Input should be ")
-        return f"'{key}' is {value!r}, expected one of {expected}"
+        return f"'{key}' is {value}, expected one of {expected}"
     if error["type"] == "value_error":
         return f"'{key or 'params'}': {message.removeprefix('Value error, ')}"
-    return f"'{key}' is {value!r}: {message[0].lower() + message[1:]}"
+    return f"'{key}' is {value}: {message[0].lower() + message[1:]}"
 
 
-def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
-    """Validate an already-loaded mapping; raise ParamsError naming the first bad key."""
-    if raw is None:
-        raw = {}
+def section_names() -> list[str]:
+    """The top-level keys of params.yaml, in schema order."""
+    return [field.alias or name for name, field in Params.model_fields.items()]
+
+
+def parse_params(raw: dict[str, Any] | None, source: str = "params.yaml") -> Params:
+    """Validate an already-loaded mapping; raise ParamsError naming the first bad key.
+
+    An empty file (None, or an empty mapping) is an error, not the built-in
+    defaults: the stages would run on values nobody wrote, and DVC would not
+    find the params its stages depend on.
+    """
+    if raw is None or raw == {}:
+        raise ParamsError(f"{source}: empty; expected the sections {', '.join(section_names())}")
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     try:
@@ -178,18 +227,70 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         raise ParamsError(f"{source}: {problems[0]}{more}") from None
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _refuse_duplicate_keys(root: yaml.Node, source: str) -> None:
+    """ParamsError naming a key written twice in one mapping (PyYAML would keep the last silently).
+
+    Walks the composed node graph once per node: an alias is the same node object,
+    so nested aliases (a "billion laughs" file) cost no more than their text.
+    """
+    pending: list[tuple[yaml.Node, str]] = [(root, "")]
+    visited: set[int] = set()
+    while pending:
+        node, path = pending.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            pending.extend((item, f"{path}[{index}]") for index, item in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            first_line: dict[tuple[str, str], int] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                key_path = f"{path}.{key}" if path else key
+                pending.append((value_node, key_path))
+                if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                identity, line = (key_node.tag, key_node.value), key_node.start_mark.line + 1
+                if identity in first_line:
+                    raise ParamsError(
+                        f"{source}: duplicate key '{_shorten(key_path)}' (line {first_line[identity]} and line {line})"
+                    )
+                first_line[identity] = line
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``; ParamsError for bytes that are not UTF-8, bad YAML or a repeated key."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParamsError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at position {exc.start})"
+        ) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _refuse_duplicate_keys(root, str(path))
+        return loader.construct_document(root)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where}") from None
+    finally:
+        loader.dispose()
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
     """Read and validate a params file."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ParamsError(f"{path}: not valid YAML{where}") from None
-    return parse_params(raw, str(path))
+    return parse_params(_read_yaml(path), str(path))
 
 
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -10,6 +10,7 @@ before the softmax.
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -18,15 +19,14 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from liftplus.data.images import to_eight_bit
+from liftplus.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, is_image_name, pixel_budget_exceeded, to_eight_bit
 from liftplus.data.transforms import test_transform, to_rgb, tte_transform
-from liftplus.errors import CheckpointError, DataError, OutputError, ParamsError
+from liftplus.errors import DataError, OutputError, ParamsError
 from liftplus.io import atomic_path, write_json
 from liftplus.model.build import LiftModel
-from liftplus.model.checkpoint import model_from_checkpoint
+from liftplus.model.checkpoint import checkpoint_classnames, model_from_checkpoint
 from liftplus.train import Distributed, autocast_dtype, pick_device
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 TTE_EXPAND = 24
 """Pixels added to the short side before the five TTE crops (params.yaml's evaluate.tte_expand default)."""
 OUTPUT_FORMATS = (".csv", ".json")
@@ -109,20 +109,8 @@ def inference_device(name: str) -> torch.device:
     return pick_device(name, Distributed())
 
 
-def checkpoint_classnames(extra: dict, num_classes: int, source: str | Path) -> list[str]:
-    """The class names stored by training; the label numbers as names if there are none."""
-    names = extra.get("classnames")
-    if names is None:
-        return [str(k) for k in range(num_classes)]
-    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise CheckpointError(f"{source}: extra 'classnames' is not a list of strings")
-    if len(names) != num_classes:
-        raise CheckpointError(f"{source}: has {len(names)} class names for a {num_classes}-class model")
-    return list(names)
-
-
 def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return is_image_name(path.name) and not path.name.startswith(".")
 
 
 def collect_images(paths: Iterable[str | Path]) -> list[Path]:
@@ -135,7 +123,7 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
                 if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             if not found:
-                raise DataError(f"{path}: no images in this folder (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)")
+                raise DataError(f"{path}: no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
             images.extend(found)
         elif path.is_file():
             images.append(path)
@@ -144,18 +132,36 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
     return images
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """An upright 8-bit RGB image; any mode PIL reads (L, RGBA, P, CMYK, 16-bit) is converted."""
+def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An upright 8-bit RGB image; any mode PIL reads (L, RGBA, P, CMYK, 16-bit) is converted.
+
+    An image of more than ``max_pixels`` pixels is refused from its header, before its
+    pixels are decoded (a small file can hold a decompression bomb).
+    """
     try:
-        with Image.open(path) as image:
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(to_eight_bit(image))
+        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: the budget below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as exc:  # over PIL's own hard limit, whatever --max-pixels says
+        raise DataError(f"{path}: too large ({_reason(exc, path)})") from None
     except Exception as exc:  # PIL raises many types for bad bytes
-        if isinstance(exc, (MemoryError, KeyboardInterrupt)):
+        raise DataError(f"{path}: not a readable image ({_reason(exc, path)})") from None
+    with image:
+        too_large = pixel_budget_exceeded(image.size, max_pixels)
+        if too_large:
+            raise DataError(f"{path}: too large: {too_large} (see --max-pixels)")
+        try:
+            image.load()
+            return to_rgb(to_eight_bit(ImageOps.exif_transpose(image)))
+        except MemoryError:
             raise
-        reason = str(exc).splitlines()[0].replace(f" '{path}'", "") if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: not a readable image ({reason})") from None
+        except Exception as exc:
+            raise DataError(f"{path}: not a readable image ({_reason(exc, path)})") from None
+
+
+def _reason(exc: BaseException, path: str | Path) -> str:
+    """PIL's message in one line, without the path the error line names already."""
+    return str(exc).splitlines()[0].replace(f" '{path}'", "") if str(exc) else type(exc).__name__
 
 
 def top_k(probabilities: torch.Tensor, k: int, classnames: Sequence[str]) -> list[list[Prediction]]:
@@ -168,9 +174,11 @@ def top_k(probabilities: torch.Tensor, k: int, classnames: Sequence[str]) -> lis
 
 
 def predict_images(
-    predictor: Predictor, paths: Sequence[Path], k: int = 5, batch_size: int = 64, progress: bool = False
+    predictor: Predictor, paths: Sequence[Path], k: int = 5, batch_size: int = 64, progress: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[ImagePredictions]:
-    """Top-``k`` predictions of every image in ``paths``, in order, ``batch_size`` images per forward."""
+    """Top-``k`` predictions of every image in ``paths``, in order, ``batch_size`` images per forward;
+    an image of more than ``max_pixels`` pixels is refused before it is decoded."""
     if k < 1:
         raise ValueError(f"k is {k}, expected at least 1")
     if batch_size < 1:
@@ -180,7 +188,7 @@ def predict_images(
     with tqdm(total=len(paths), desc="predict", unit="img", disable=None if progress else True, leave=False) as bar:
         for start in range(0, len(paths), batch_size):
             batch = paths[start:start + batch_size]
-            probabilities = predictor.probabilities([open_image(p) for p in batch])
+            probabilities = predictor.probabilities([open_image(p, max_pixels) for p in batch])
             for path, predictions in zip(batch, top_k(probabilities, k, predictor.classnames)):
                 results.append(ImagePredictions(path, predictions))
             bar.update(len(batch))
@@ -188,9 +196,15 @@ def predict_images(
 
 
 def check_output_path(path: Optional[Path]) -> None:
-    """Refuse an output format we cannot write before any work is done."""
-    if path is not None and path.suffix.lower() not in OUTPUT_FORMATS:
+    """Refuse, before any work is done, an output format we cannot write or a folder that is not there
+    (a typo in ``-o`` must not create a tree of folders)."""
+    if path is None:
+        return
+    if path.suffix.lower() not in OUTPUT_FORMATS:
         raise OutputError(f"{path}: unknown output format '{path.suffix}', expected a .csv or .json file")
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputError(f"{path}: folder {folder} not found")
 
 
 def write_predictions(path: Path, results: Sequence[ImagePredictions]) -> None:

@@ -50,14 +50,23 @@ class ModelVersion:
 
 
 def read_metrics(path: str | Path) -> dict[str, Any]:
-    """Evaluation metrics from ``eval.json``: numbers (percent) or null per key."""
+    """Evaluation metrics from ``eval.json``: numbers (percent) or null per key.
+
+    Python's json reads ``NaN`` and ``Infinity``; a metrics file holding one anywhere
+    (an evaluation of a poisoned model, a hand edit) is refused, gate or no gate, since
+    every value is copied into the version's tag.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: metrics file not found (run the evaluate stage first)")
     try:
-        metrics = json.loads(path.read_text())
+        metrics = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte at position {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(metrics, dict):
         raise DataError(f"{path}: expected a JSON object of metrics, got {type(metrics).__name__}")
     for key in METRIC_KEYS:
@@ -65,7 +74,25 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
         is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if value is not None and not (is_number and math.isfinite(value)):
             raise DataError(f"{path}: '{key}' is {value!r}, expected a finite number or null")
+    non_finite = _first_non_finite(metrics)
+    if non_finite is not None:
+        key, value = non_finite
+        raise DataError(f"{path}: '{key}' is {value!r}, expected a finite number or null")
     return metrics
+
+
+def _first_non_finite(document: Any) -> Optional[tuple[str, float]]:
+    """(dotted key, value) of the first NaN or infinity anywhere in a JSON document, or None."""
+    pending: list[tuple[str, Any]] = [("", document)]
+    while pending:
+        key, value = pending.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return key, value
+        if isinstance(value, dict):
+            pending.extend((f"{key}.{k}" if key else str(k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            pending.extend((f"{key}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return None
 
 
 def gate_criteria(gate: RegisterParams) -> list[tuple[str, str, float]]:

@@ -5,7 +5,9 @@
 
 A failed gate prints ``error: register gate: ...`` naming the criterion, registers
 nothing and exits 1, so the pipeline stops there (and retries it on the next
-``dvc repro``, once the params or metrics change).
+``dvc repro``, once the params or metrics change). A model file that is no
+checkpoint or holds NaN or inf weights, and metrics holding NaN or inf anywhere,
+are refused the same way, whatever the gate.
 
 Inside a DVC experiment (``dvc exp run``; DVC sets ``DVC_EXP_NAME``) nothing is
 registered: the experiment runs in a temporary copy of the repo, so tags would be
@@ -21,6 +23,7 @@ from typing import Any
 
 from liftplus.errors import GateFailed, exit_on_error
 from liftplus.io import write_json
+from liftplus.model.checkpoint import load_checkpoint
 from liftplus.params import load_params
 from liftplus.registry import check_gate, head_commit, md5_file, read_metrics, register_model
 from stages import stage_parser
@@ -32,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
                         out="data/registry/registration.json").parse_args(argv)
     gate = load_params(args.params).register_
     metrics = read_metrics(args.metrics)
+    load_checkpoint(args.model)  # refuses a file that is no checkpoint, or holds NaN or inf weights
     record: dict[str, Any] = {"name": gate.name, "stage": gate.stage, "metrics": metrics}
 
     experiment = os.environ.get("DVC_EXP_NAME")

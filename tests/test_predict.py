@@ -175,6 +175,7 @@ def test_a_folder_is_classified_recursively_in_sorted_order(folder):
 
 def test_folder_results_go_to_csv_with_one_row_per_image_and_rank(trained, folder, tmp_path):
     model, path = trained
+    (tmp_path / "out").mkdir()
     out = tmp_path / "out" / "predictions.csv"
     result = run(str(folder), "--model", str(path), "--top-k", "2", "--batch-size", "2", "--output", str(out))
     assert result.exit_code == 0, result.output
@@ -296,3 +297,54 @@ def test_an_unknown_output_format_is_refused_before_any_work(tmp_path):
         collect_images([tmp_path / "x.png", tmp_path / "gone.jpg"])
     with pytest.raises(OutputError):
         write_predictions(tmp_path / "p.txt", [])
+
+
+def test_an_output_in_a_missing_folder_is_refused_before_any_work(trained, tmp_path):
+    """A typo in -o used to create the whole folder tree it named."""
+    random_image(17).save(tmp_path / "x.png")
+    out = tmp_path / "typo" / "deeper" / "predictions.csv"
+    result = run(str(tmp_path / "x.png"), "--model", str(trained[1]), "-o", str(out))
+    assert_one_line_error(result, f"{out}: folder {out.parent} not found")
+    assert not (tmp_path / "typo").exists()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` RGB pixels but holds a few bytes of them: a bomb's header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_an_image_over_the_pixel_budget_is_refused_before_decoding(trained, tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header(10_000, 10_000))  # 100 MP: over the 50 MP default, under PIL's hard limit
+    result = run(str(bomb), "--model", str(trained[1]))
+    assert_one_line_error(result, f"{bomb}: too large: 10000x10000 is 100.0 MP, over the 50 MP budget")
+
+    small = tmp_path / "small.png"
+    random_image(18, size=(100, 80)).save(small)
+    result = run(str(small), "--model", str(trained[1]), "--max-pixels", "7999")
+    assert_one_line_error(result, f"{small}: too large: 100x80 is 0.0 MP, over the 0.007999 MP budget")
+    assert run(str(small), "--model", str(trained[1]), "--max-pixels", "8000").exit_code == 0
+
+
+def test_an_image_over_pils_own_limit_is_one_line_whatever_the_budget(trained, tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header(100_000, 100_000))
+    result = run(str(bomb), "--model", str(trained[1]), "--max-pixels", str(10**11))
+    assert_one_line_error(result, f"{bomb}: too large (")
+
+
+def test_folders_are_searched_for_the_image_names_the_shard_stage_reads(tmp_path):
+    """One list for both (liftplus.data.images.IMAGE_EXTENSIONS): .ppm and .pgm were left out here."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    for name, mode in (("a.ppm", "RGB"), ("b.PGM", "L"), ("c.gif", "P"), ("d.webp", "RGB")):
+        random_image(19, mode=mode).save(root / name, format=name.rsplit(".", 1)[1].upper().replace("PGM", "PPM"))
+    (root / "e.svg").write_text("<svg/>")
+    assert collect_images([root]) == [root / "a.ppm", root / "b.PGM", root / "c.gif", root / "d.webp"]

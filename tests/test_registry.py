@@ -95,9 +95,9 @@ DVC_YAML = {
     "artifacts": {NAME: {"path": "data/model/adapter.pt", "type": "model"}},
 }
 MAKE_MODEL = """\
-import pathlib
-pathlib.Path("data/model").mkdir(parents=True, exist_ok=True)
-pathlib.Path("data/model/adapter.pt").write_bytes(bytes(range(256)) * 64)
+from liftplus.model.build import ModelConfig, build_model
+from liftplus.model.checkpoint import save_checkpoint
+save_checkpoint("data/model/adapter.pt", build_model(ModelConfig(num_classes=3)))
 """
 
 

@@ -1,6 +1,7 @@
 """`liftplus predict IMAGE...`: the top-k classes of images under a registered or given model.
 
 torch and open_clip are imported only when the command runs, so ``liftplus --help`` stays fast.
+The output file's folder must exist, and that is checked, with the output format, before any work.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+from liftplus.data.images import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from liftplus.predict import ImagePredictions
@@ -47,10 +50,14 @@ def predict(
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="classes to show per image (at most the model's)"),
     tte: bool = typer.Option(False, "--tte", help="test-time ensembling: average the logits of five crops"),
     output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="CSV or JSON file (by extension) for folder/batch results"
+        None, "--output", "-o", help="CSV or JSON file (by extension) for folder/batch results; its folder must exist"
     ),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="images per forward pass"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cuda or cpu"),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
+        help="refuse images with more pixels than this, before decoding them (decompression bombs)",
+    ),
 ) -> None:
     """Classify images with a trained model and show each one's most probable classes."""
     from liftplus.predict import check_output_path, collect_images, load_predictor, predict_images, write_predictions
@@ -61,7 +68,8 @@ def predict(
     checkpoint = resolve_model(model)
     predictor = load_predictor(checkpoint, tte=tte, device=device)
     progress = any(Path(p).is_dir() for p in images)
-    results = predict_images(predictor, paths, k=top_k, batch_size=batch_size, progress=progress)
+    results = predict_images(predictor, paths, k=top_k, batch_size=batch_size, progress=progress,
+                             max_pixels=max_pixels)
     if output is not None:
         write_predictions(output, results)
         typer.echo(f"predict: {len(results)} image(s) → {output}", err=True)

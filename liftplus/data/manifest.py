@@ -70,7 +70,45 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def _is_count(value: Any) -> bool:
+    """A JSON integer >= 0 (``true`` is an int to Python, not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _is_skipped_entry(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(value.get(f), str) for f in ("source", "error"))
+
+
+SHARD_FIELDS = {
+    "name": (lambda v: isinstance(v, str) and v != "" and Path(v).name == v, "a plain file name"),
+    "sha256": (_is_sha256, "64 lowercase hex digits"),
+    "num_samples": (_is_count, "an integer >= 0"),
+    "bytes": (_is_count, "an integer >= 0"),
+}
+"""Each field of a shard entry: its test and what a failing value was expected to be."""
+
+
+def _short(value: Any) -> str:
+    """A value for an error line: its repr, cut at 40 characters."""
+    text = repr(value) if not isinstance(value, (list, dict)) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _expect(value: Any, valid, key: str, expected: str, fail) -> None:
+    if not valid(value):
+        raise fail(f"'{key}' is {_short(value)}, expected {expected}")
+
+
 def _check(manifest: Any, where: str) -> None:
+    """DataError naming the first key of ``manifest`` that is missing or of the wrong type or value.
+
+    Every field is type-checked here, so code reading a checked manifest meets no
+    string where it sums counts or slices a digest.
+    """
     def fail(problem: str) -> DataError:
         return DataError(f"{where}: {problem}")
 
@@ -80,10 +118,12 @@ def _check(manifest: Any, where: str) -> None:
         if key not in manifest:
             raise fail(f"missing key '{key}'")
     if manifest["format"] != FORMAT:
-        raise fail(f"'format' is {manifest['format']!r}, expected {FORMAT!r}")
+        raise fail(f"'format' is {_short(manifest['format'])}, expected {FORMAT!r}")
+    _expect(manifest["source"], lambda v: isinstance(v, str), "source", "a string", fail)
     classnames, num_classes = manifest["classnames"], manifest["num_classes"]
     if not isinstance(classnames, list) or not all(isinstance(n, str) for n in classnames):
         raise fail("'classnames' must be a list of strings")
+    _expect(num_classes, _is_count, "num_classes", "an integer >= 0", fail)
     if num_classes != len(classnames):
         raise fail(f"'num_classes' is {num_classes!r} but there are {len(classnames)} classnames")
     splits = manifest["splits"]
@@ -100,27 +140,30 @@ def _check_split(split: Any, key: str, num_classes: int, fail) -> None:
         if field not in split:
             raise fail(f"missing key '{key}.{field}'")
     counts = split["class_counts"]
-    if not isinstance(counts, list) or len(counts) != num_classes or not all(
-        isinstance(c, int) and c >= 0 for c in counts
-    ):
+    if not isinstance(counts, list) or len(counts) != num_classes or not all(_is_count(c) for c in counts):
         raise fail(f"'{key}.class_counts' must be {num_classes} counts, one per class")
-    if split["num_samples"] != sum(counts):
-        total = sum(counts)
-        raise fail(f"'{key}.num_samples' is {split['num_samples']!r}, class_counts sum to {total}")
+    declared = split["num_samples"]
+    _expect(declared, _is_count, f"{key}.num_samples", "an integer >= 0", fail)
+    if declared != sum(counts):
+        raise fail(f"'{key}.num_samples' is {declared!r}, class_counts sum to {sum(counts)}")
+    skipped = split["skipped"]
+    if not isinstance(skipped, list) or not all(_is_skipped_entry(s) for s in skipped):
+        raise fail(f"'{key}.skipped' must be a list of {{\"source\", \"error\"}} objects")
     shards = split["shards"]
     if not isinstance(shards, list):
         raise fail(f"'{key}.shards' must be a list")
     for index, shard in enumerate(shards):
-        if not isinstance(shard, dict) or not all(
-            f in shard for f in ("name", "sha256", "num_samples", "bytes")
-        ):
-            raise fail(f"'{key}.shards[{index}]' needs name, sha256, num_samples and bytes")
-        if Path(shard["name"]).name != shard["name"]:
-            raise fail(f"'{key}.shards[{index}].name' {shard['name']!r} must be a plain file name")
+        _check_shard(shard, f"{key}.shards[{index}]", fail)
     in_shards = sum(shard["num_samples"] for shard in shards)
-    if in_shards != split["num_samples"]:
-        declared = split["num_samples"]
+    if in_shards != declared:
         raise fail(f"'{key}': shards hold {in_shards} samples, num_samples is {declared}")
+
+
+def _check_shard(shard: Any, key: str, fail) -> None:
+    if not isinstance(shard, dict) or not all(f in shard for f in SHARD_FIELDS):
+        raise fail(f"'{key}' needs name, sha256, num_samples and bytes")
+    for field, (valid, expected) in SHARD_FIELDS.items():
+        _expect(shard[field], valid, f"{key}.{field}", expected, fail)
 
 
 def shard_paths(manifest: dict[str, Any], shard_dir: str | Path, split: str) -> list[Path]:

@@ -1,17 +1,23 @@
 """Compact checkpoints: the trained tensors plus the config that rebuilds the rest.
 
 A checkpoint holds only plain types and tensors, so it loads with
-``torch.load(weights_only=True)``; anything else is refused. Loading is
-strict: a missing, unexpected or mis-shaped tensor is an error, never a
-silent partial load.
+``torch.load(weights_only=True)``; anything else is refused, and so is a
+tensor holding NaN or inf (a poisoned model). Loading is strict: a missing,
+unexpected or mis-shaped tensor is an error, never a silent partial load.
+
+A checkpoint's config says which model to build; before anything is built (or
+a pretrained tag downloaded) the config is checked against the checkpoint's
+own tensors, so that a small file cannot make a reader build a huge model.
 """
 
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+import open_clip
 import torch
 from pydantic import ValidationError
 
@@ -19,6 +25,7 @@ from liftplus.errors import CheckpointError
 from liftplus.io import save_torch
 from liftplus.model.backbone import backbone_fingerprint
 from liftplus.model.build import LiftModel, ModelConfig, build_model
+from liftplus.model.peft import default_bottleneck
 
 FORMAT = "liftplus-adapter/1"
 
@@ -59,7 +66,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     for key, kind in (("config", dict), ("state", dict), ("backbone_fingerprint", str)):
         if not isinstance(ckpt.get(key), kind):
             raise CheckpointError(f"{path}: checkpoint has no valid '{key}'")
+    _check_tensors_finite(ckpt["state"], path)
     return ckpt
+
+
+def first_non_finite(tensors: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """The name of the first tensor holding NaN or inf, or None; one device sync for them all."""
+    floating = [(name, t) for name, t in tensors.items() if t.is_floating_point() or t.is_complex()]
+    if not floating:
+        return None
+    finite = torch.stack([torch.isfinite(t).all() for _, t in floating]).tolist()
+    return next((name for (name, _), ok in zip(floating, finite, strict=True) if not ok), None)
+
+
+def _check_tensors_finite(state: Mapping[str, Any], path: Path) -> None:
+    not_tensor = next((key for key, value in state.items() if not isinstance(value, torch.Tensor)), None)
+    if not_tensor is not None:
+        raise CheckpointError(f"{path}: state '{not_tensor}' is not a tensor")
+    poisoned = first_non_finite(state)
+    if poisoned is not None:
+        raise CheckpointError(f"{path}: tensor '{poisoned}' holds NaN or inf values")
 
 
 def load_trainable_state(model: LiftModel, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -87,10 +113,117 @@ def _more(keys: list[str]) -> str:
     return f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
 
 
+def checkpoint_classnames(extra: Any, num_classes: int, source: str | Path) -> list[str]:
+    """The class names stored by training; the label numbers as names if there are none."""
+    names = extra.get("classnames") if isinstance(extra, dict) else None
+    if names is None:
+        return [str(k) for k in range(num_classes)]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{source}: extra 'classnames' is not a list of strings")
+    if len(names) != num_classes:
+        raise CheckpointError(f"{source}: has {len(names)} class names for a {num_classes}-class model")
+    return list(names)
+
+
+_BLOCK_KEY = re.compile(r"backbone\.visual\.transformer\.resblocks\.(\d+)\.(.+)")
+_ONE_BLOCK_PEFT = {"vpt-shallow": 1, "none": 0}
+"""PEFT methods that do not put trained tensors in every block: how many blocks they do."""
+
+
+def _vision_tower(config: ModelConfig, path: Path) -> dict[str, int]:
+    """Width, depth, MLP width and embedding size of ``config.name``'s image tower, from open_clip's
+    JSON config: nothing is built, nothing downloaded."""
+    model_cfg = open_clip.get_model_config(config.name)
+    if model_cfg is None:
+        raise CheckpointError(f"{path}: config 'name': unknown model '{config.name}' (not an open_clip model config)")
+    vision = model_cfg.get("vision_cfg") or {}
+    width, layers = vision.get("width", 768), vision.get("layers", 12)
+    if vision.get("timm_model_name") or not isinstance(width, int) or not isinstance(layers, int):
+        raise CheckpointError(f"{path}: config 'name': {config.name} has no ViT image tower")
+    return {"width": width, "layers": layers, "mlp": int(width * vision.get("mlp_ratio", 4.0)),
+            "embed": model_cfg.get("embed_dim", width)}
+
+
+def _block_shapes(d: int, mlp: int, r: int) -> dict[str, tuple[int, ...]]:
+    """Shape of each tensor a PEFT method trains in one block (``d`` width, ``r`` bottleneck), by its key
+    after ``resblocks.N.``; the reference for :func:`check_config_fits_state`."""
+    shapes: dict[str, tuple[int, ...]] = {"prompt": (r, d), "tuner.adaptformer.scale": ()}
+    for tuner in ("adaptformer", "adapter"):
+        shapes |= {f"tuner.{tuner}.norm.weight": (d,), f"tuner.{tuner}.norm.bias": (d,),
+                   f"tuner.{tuner}.down.weight": (r, d), f"tuner.{tuner}.down.bias": (r,),
+                   f"tuner.{tuner}.up.weight": (d, r), f"tuner.{tuner}.up.bias": (d,)}
+    for tuner in ("lora_q", "lora_v"):
+        shapes |= {f"tuner.{tuner}.down": (d, r), f"tuner.{tuner}.up": (r, d)}
+    for tuner, size in (("ssf_attn_in", 3 * d), ("ssf_attn_out", d), ("ssf_mlp_in", mlp), ("ssf_mlp_out", d)):
+        shapes |= {f"tuner.{tuner}.scale": (size,), f"tuner.{tuner}.shift": (size,)}
+    for norm in ("ln_1", "ln_2"):
+        shapes |= {f"block.{norm}.weight": (d,), f"block.{norm}.bias": (d,)}
+    return shapes | {
+        "block.attn.in_proj_weight": (3 * d, d), "block.attn.in_proj_bias": (3 * d,),
+        "block.attn.out_proj.weight": (d, d), "block.attn.out_proj.bias": (d,),
+        "block.mlp.c_fc.weight": (mlp, d), "block.mlp.c_fc.bias": (mlp,),
+        "block.mlp.c_proj.weight": (d, mlp), "block.mlp.c_proj.bias": (d,),
+        "block.ls_1.gamma": (d,), "block.ls_2.gamma": (d,),
+    }
+
+
+def _head_shapes(config: ModelConfig, tower: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    k = config.num_classes
+    if config.classifier == "zero-shot":
+        return {"head.text_features": (k, tower["embed"])}
+    return {"head.weight": (k, tower["width"])} | ({"head.bias": (k,)} if config.classifier == "linear" else {})
+
+
+def check_config_fits_state(config: ModelConfig, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """CheckpointError unless ``config`` describes the model ``state`` was saved from: the head is
+    (classes x width), every tuner tensor matches the width and bottleneck, the blocks match the depth.
+
+    Runs before the model is built, so a config naming a far larger model than its tensors
+    (ViT-bigG-14, a bottleneck of 100000, 10**7 classes) is refused at the cost of reading a
+    JSON config. Keys it does not know are left to the strict load after the build.
+    """
+    path = Path(path)
+    tower = _vision_tower(config, path)
+    layers = tower["layers"]
+    tuned = _ONE_BLOCK_PEFT.get(config.peft, layers)
+    rule = default_bottleneck(config.peft, config.num_classes, layers)  # as insert_peft sizes the tuners
+    r = None if rule is None else (config.bottleneck if config.bottleneck is not None else rule)
+    described = f"{config.name} with {config.num_classes} classes" + (f", bottleneck {r}" if r else "")
+
+    def check_shape(key: str, shape: Optional[tuple[int, ...]]) -> None:
+        if shape is not None and tuple(state[key].shape) != shape:
+            raise CheckpointError(
+                f"{path}: key '{key}' has shape {tuple(state[key].shape)}, expected {shape} ({described})"
+            )
+
+    for key, shape in _head_shapes(config, tower).items():
+        if key not in state:
+            raise CheckpointError(f"{path}: missing key '{key}'")
+        check_shape(key, shape)
+    per_block = _block_shapes(tower["width"], tower["mlp"], r or 0)
+    blocks: set[int] = set()
+    for key in state:
+        block = _BLOCK_KEY.fullmatch(key)
+        if block is None:
+            continue
+        index = int(block.group(1))
+        if index >= layers:
+            raise CheckpointError(f"{path}: key '{key}' is for block {index}, {config.name} has {layers} blocks")
+        blocks.add(index)
+        check_shape(key, per_block.get(block.group(2)))
+    if len(blocks) != tuned:
+        raise CheckpointError(
+            f"{path}: state has {config.peft} tensors in {len(blocks)} blocks, {config.name} has {tuned} to tune"
+        )
+
+
 def model_from_checkpoint(
     path: str | Path, num_classes: Optional[int] = None
 ) -> tuple[LiftModel, ModelConfig, dict[str, Any]]:
-    """Rebuild the model a checkpoint was trained as, check the backbone, load the weights."""
+    """Rebuild the model a checkpoint was trained as, check the backbone, load the weights.
+
+    Everything that can be checked without building the model is checked first.
+    """
     ckpt = load_checkpoint(path)
     try:
         config = ModelConfig.model_validate(ckpt["config"])
@@ -100,6 +233,8 @@ def model_from_checkpoint(
         raise CheckpointError(f"{path}: config '{key}': {first['msg']}") from None
     if num_classes is not None and num_classes != config.num_classes:
         raise CheckpointError(f"{path}: checkpoint has {config.num_classes} classes, the data has {num_classes}")
+    check_config_fits_state(config, ckpt["state"], path)
+    checkpoint_classnames(ckpt.get("extra"), config.num_classes, path)  # num_classes now bounded by the head's rows
     fingerprint = backbone_fingerprint(config.name, config.pretrained, config.seed)
     if fingerprint != ckpt["backbone_fingerprint"]:
         raise CheckpointError(
