@@ -29,7 +29,7 @@ from liftplus.data.input_path import finish_batch
 from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
 from liftplus.errors import CheckpointError, TrainingError
 from liftplus.io import save_torch
-from liftplus.model.checkpoint import load_trainable_state
+from liftplus.model.checkpoint import first_non_finite, load_trainable_state
 
 STATE_FORMAT = "liftplus-train-state/2"
 
@@ -353,6 +353,14 @@ def fit(
                 why = f"signal {stop.signal}" if stop.signal is not None else "a signal to another rank"
                 raise Interrupted(f"stopped by {why} at epoch {epoch + 1}, batch {batch_idx + 1}; state saved to {state_path}")
         bar.close()
+        # The loss is checked before each step; the weights after the epoch's last one, so that
+        # no state (and so no final checkpoint) is ever saved from a poisoned model.
+        poisoned = first_non_finite({name: p for name, p in model.named_parameters() if p.requires_grad})
+        if poisoned is not None:
+            raise TrainingError(
+                f"train: weights are not finite after epoch {epoch + 1} (first: {poisoned}); "
+                "lower train.lr or check the data"
+            )
         scheduler.step()
         start_batch = 0
         elapsed = time.perf_counter() - started
