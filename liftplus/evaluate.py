@@ -7,7 +7,29 @@ from typing import Sequence
 import torch
 
 from liftplus.errors import CheckpointError
-from liftplus.metrics import confusion_matrix, confusion_summary, metrics_from_confusion
+from liftplus.metrics import GROUPS, confusion_matrix, confusion_summary, metrics_from_confusion
+
+TEST_SECTION = "test"
+"""eval.json's headline metrics sit under this key, so `dvc exp show` names them ``test.acc``,
+``test.acc_few``, ...: no params section is called ``test``, and a class *count* (``classes_few``)
+can never be read as an accuracy."""
+ACCURACY_KEYS = ("acc", "acc_mean_class", "acc_many", "acc_medium", "acc_few")
+"""The headline accuracies (percent), in the order tables show them."""
+DIGITS = 2
+"""Accuracies are stored rounded: 46.94, never 46.940000000000005 (in eval.json and in registry tags)."""
+
+
+def rounded(value: float | None, digits: int = DIGITS) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def accuracy_section(m: dict, num_samples: int) -> dict:
+    """The headline section of eval.json from :func:`liftplus.metrics.metrics_from_confusion`'s result."""
+    section = {"acc": rounded(m["accuracy"]), "acc_mean_class": rounded(m["mean_class_accuracy"])}
+    section.update({f"acc_{group}": rounded(m[group]) for group in GROUPS})
+    section["images"] = num_samples
+    section.update({f"classes_{group}": m["group_sizes"][group] for group in GROUPS})
+    return section
 
 
 def check_classnames(model_path: str, trained: list[str] | None, shards: list[str]) -> None:
@@ -38,18 +60,12 @@ def evaluation_report(
     confusion = confusion_matrix(y_true, y_pred, len(classnames))
     m = metrics_from_confusion(confusion, train_counts)
     metrics = {
-        "accuracy": m["accuracy"],
-        "mean_class_accuracy": m["mean_class_accuracy"],
-        "many": m["many"],
-        "medium": m["medium"],
-        "few": m["few"],
-        "num_samples": len(y_true),
+        TEST_SECTION: accuracy_section(m, len(y_true)),
         "tte": tte,
-        "classes_per_group": m["group_sizes"],
         "most_confused": confusion_summary(confusion, classnames, top=5),
     }
     per_class = [
-        {"label": k, "class": classnames[k], "train_count": int(train_counts[k]), "accuracy": acc}
+        {"label": k, "class": classnames[k], "train_count": int(train_counts[k]), "accuracy": rounded(acc)}
         for k, acc in enumerate(m["per_class"])
         if acc is not None
     ]

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from liftplus.errors import CheckpointError, DataError, GateFailed, LiftplusError
+from liftplus.evaluate import ACCURACY_KEYS, TEST_SECTION
 from liftplus.io import file_digest
 from liftplus.params import RegisterParams
 
-METRIC_KEYS = ("accuracy", "mean_class_accuracy", "many", "medium", "few")
+METRIC_KEYS = ACCURACY_KEYS
+"""The accuracies a version records and ``liftplus models`` shows (eval.json's ``test`` section)."""
 DVC_CACHE = Path(".dvc/cache")
 
 
@@ -69,16 +71,24 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(metrics, dict):
         raise DataError(f"{path}: expected a JSON object of metrics, got {type(metrics).__name__}")
-    for key in METRIC_KEYS:
-        value = metrics.get(key)
-        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if value is not None and not (is_number and math.isfinite(value)):
-            raise DataError(f"{path}: '{key}' is {value!r}, expected a finite number or null")
     non_finite = _first_non_finite(metrics)
     if non_finite is not None:
         key, value = non_finite
         raise DataError(f"{path}: '{key}' is {value!r}, expected a finite number or null")
-    return metrics
+    return headline_metrics(metrics, path)
+
+
+def headline_metrics(evaluation: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """What a version records: eval.json's ``test`` section (accuracies, class counts) and ``tte``."""
+    section = evaluation.get(TEST_SECTION)
+    if not isinstance(section, dict):
+        raise DataError(f"{path}: no '{TEST_SECTION}' object of metrics (written by the evaluate stage)")
+    for key in METRIC_KEYS:
+        value = section.get(key)
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and not is_number:
+            raise DataError(f"{path}: '{TEST_SECTION}.{key}' is {value!r}, expected a finite number or null")
+    return {**section, "tte": evaluation.get("tte")}
 
 
 def _first_non_finite(document: Any) -> Optional[tuple[str, float]]:
@@ -98,9 +108,9 @@ def _first_non_finite(document: Any) -> Optional[tuple[str, float]]:
 def gate_criteria(gate: RegisterParams) -> list[tuple[str, str, float]]:
     """(metric, param name, threshold) for each criterion the params set."""
     criteria = [
-        ("accuracy", "register.min_accuracy", gate.min_accuracy),
-        ("mean_class_accuracy", "register.min_mean_class_accuracy", gate.min_mean_class_accuracy),
-        ("few", "register.min_few_accuracy", gate.min_few_accuracy),
+        ("acc", "register.min_accuracy", gate.min_accuracy),
+        ("acc_mean_class", "register.min_mean_class_accuracy", gate.min_mean_class_accuracy),
+        ("acc_few", "register.min_few_accuracy", gate.min_few_accuracy),
     ]
     return [(metric, param, threshold) for metric, param, threshold in criteria if threshold is not None]
 
@@ -108,7 +118,7 @@ def gate_criteria(gate: RegisterParams) -> list[tuple[str, str, float]]:
 def check_gate(metrics: dict[str, Any], gate: RegisterParams, source: str = "metrics") -> None:
     """Raise GateFailed naming the first criterion the metrics miss.
 
-    A metric that is null (e.g. ``few`` when no class is few-shot) fails a gate
+    A metric that is null (e.g. ``acc_few`` when no class is few-shot) fails a gate
     that is set on it: the gate asks for a number it cannot check.
     """
     for metric, param, threshold in gate_criteria(gate):

@@ -9,7 +9,7 @@ from liftplus.data.loader import ShardIndex
 from liftplus.data.manifest import read_manifest, shard_paths
 from liftplus.data.input_path import eval_input, resolve_hand_off
 from liftplus.errors import DataError, exit_on_error
-from liftplus.evaluate import check_classnames, evaluation_report
+from liftplus.evaluate import TEST_SECTION, check_classnames, evaluation_report
 from liftplus.io import json_text, write_texts
 from liftplus.locks import output_lock
 from liftplus.model.checkpoint import model_from_checkpoint
@@ -59,10 +59,11 @@ def evaluate_stage(args) -> None:
         out / "predictions.csv": csv_text(report["predictions"]),
         out / "eval.json": json_text(report["metrics"]),
     })
-    m = report["metrics"]
+    m = report["metrics"][TEST_SECTION]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-    print(f"evaluate ({args.split}, {'TTE' if params.tte else 'centre crop'}): accuracy {fmt(m['accuracy'])}  "
-          f"mean/class {fmt(m['mean_class_accuracy'])}  many {fmt(m['many'])}  medium {fmt(m['medium'])}  few {fmt(m['few'])}")
+    print(f"evaluate ({args.split}, {'TTE' if params.tte else 'centre crop'}): accuracy {fmt(m['acc'])}  "
+          f"mean/class {fmt(m['acc_mean_class'])}  many {fmt(m['acc_many'])}  medium {fmt(m['acc_medium'])}  "
+          f"few {fmt(m['acc_few'])}")
 
 
 if __name__ == "__main__":

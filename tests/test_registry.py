@@ -27,7 +27,7 @@ from liftplus.registry import (
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NAME = "liftplus-classifier"
-METRICS = {"accuracy": 71.5, "mean_class_accuracy": 64.25, "many": 80.0, "medium": 60.5, "few": None}
+METRICS = {"acc": 71.5, "acc_mean_class": 64.25, "acc_many": 80.0, "acc_medium": 60.5, "acc_few": None}
 
 
 # --- the gate ---------------------------------------------------------------------
@@ -40,9 +40,9 @@ def test_gate_passes_when_every_set_criterion_holds():
 @pytest.mark.parametrize(
     "gate, message",
     [
-        (dict(min_accuracy=72), "register gate: accuracy 71.50 < register.min_accuracy 72"),
-        (dict(min_mean_class_accuracy=64.5), "mean_class_accuracy 64.25 < register.min_mean_class_accuracy 64.5"),
-        (dict(min_few_accuracy=0), "few is null in eval.json, but register.min_few_accuracy requires >= 0"),
+        (dict(min_accuracy=72), "register gate: acc 71.50 < register.min_accuracy 72"),
+        (dict(min_mean_class_accuracy=64.5), "acc_mean_class 64.25 < register.min_mean_class_accuracy 64.5"),
+        (dict(min_few_accuracy=0), "acc_few is null in eval.json, but register.min_few_accuracy requires >= 0"),
     ],
 )
 def test_gate_names_the_failed_criterion(gate, message):
@@ -53,16 +53,21 @@ def test_gate_names_the_failed_criterion(gate, message):
 
 
 def test_few_gate_checks_a_reported_few_accuracy():
-    check_gate({**METRICS, "few": 12.0}, RegisterParams(min_few_accuracy=12.0))
-    with pytest.raises(GateFailed, match="few 11.99 < register.min_few_accuracy 12"):
-        check_gate({**METRICS, "few": 11.99}, RegisterParams(min_few_accuracy=12.0))
+    check_gate({**METRICS, "acc_few": 12.0}, RegisterParams(min_few_accuracy=12.0))
+    with pytest.raises(GateFailed, match="acc_few 11.99 < register.min_few_accuracy 12"):
+        check_gate({**METRICS, "acc_few": 11.99}, RegisterParams(min_few_accuracy=12.0))
 
 
 def test_read_metrics_rejects_what_it_cannot_gate(tmp_path):
     path = tmp_path / "eval.json"
-    path.write_text(json.dumps({"accuracy": "high"}))
-    with pytest.raises(DataError, match="'accuracy' is 'high', expected a finite number or null"):
+    path.write_text(json.dumps({"test": {"acc": "high"}}))
+    with pytest.raises(DataError, match="'test.acc' is 'high', expected a finite number or null"):
         read_metrics(path)
+    path.write_text(json.dumps({"accuracy": 71.5}))  # the names before eval.json had a test section
+    with pytest.raises(DataError, match="no 'test' object of metrics"):
+        read_metrics(path)
+    path.write_text(json.dumps({"test": METRICS, "tte": True}))
+    assert read_metrics(path) == {**METRICS, "tte": True}
     path.write_text("[1, 2]")
     with pytest.raises(DataError, match="expected a JSON object"):
         read_metrics(path)
@@ -141,7 +146,7 @@ def model_repo(tmp_path_factory) -> Path:
     run([sys.executable, "-m", "dvc", "init", "-q"], repo)
     (repo / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
     (repo / "make_model.py").write_text(MAKE_MODEL)
-    (repo / "metrics.json").write_text(json.dumps(METRICS))
+    (repo / "metrics.json").write_text(json.dumps({"test": METRICS, "tte": True}))
     write_gate(repo, min_accuracy=90)
     commit(repo, "project")
     return repo
@@ -152,7 +157,7 @@ def test_failed_gate_registers_nothing_and_passing_gate_creates_the_tag(model_re
     repo = model_repo
     failed = run([sys.executable, "-m", "dvc", "repro"], repo, check=False)
     assert failed.returncode != 0
-    assert "error: register gate: accuracy 71.50 < register.min_accuracy 90" in failed.stdout + failed.stderr
+    assert "error: register gate: acc 71.50 < register.min_accuracy 90" in failed.stdout + failed.stderr
     assert tags(repo) == []
     assert not (repo / "data/registry/registration.json").exists()
 
@@ -165,7 +170,7 @@ def test_failed_gate_registers_nothing_and_passing_gate_creates_the_tag(model_re
 
     model_md5 = hashlib.md5((repo / "data/model/adapter.pt").read_bytes()).hexdigest()
     message = json.loads(run(["git", "tag", "-l", "--format=%(contents)", f"{NAME}@v0.0.1"], repo).stdout)
-    assert message == {"path": "data/model/adapter.pt", "md5": model_md5, "metrics": METRICS}
+    assert message == {"path": "data/model/adapter.pt", "md5": model_md5, "metrics": {**METRICS, "tte": True}}
     record = json.loads((repo / "data/registry/registration.json").read_text())
     assert record["registered"] is True
     assert (record["version"], record["stages"], record["md5"], record["git_sha"]) == (
@@ -180,7 +185,7 @@ def test_models_lists_the_registered_version(model_repo):
     assert result.exit_code == 0, result.output
     listed = json.loads(result.stdout)
     assert [(v["name"], v["version"], v["stages"]) for v in listed] == [(NAME, "v0.0.1", ["staging"])]
-    assert listed[0]["metrics"] == METRICS
+    assert listed[0]["metrics"] == {**METRICS, "tte": True}
 
     table = CliRunner().invoke(app, ["--repo", str(model_repo)], env={"COLUMNS": "200"})
     assert table.exit_code == 0, table.output

@@ -13,9 +13,14 @@ from rich.table import Table
 from liftplus.errors import exit_on_error
 from liftplus.registry import METRIC_KEYS, ModelVersion, registered_versions
 
-METRIC_HEADERS = {
-    "accuracy": "acc", "mean_class_accuracy": "mean", "many": "many", "medium": "medium", "few": "few",
-}
+METRIC_HEADERS = {"acc": "acc", "acc_mean_class": "mean", "acc_many": "many", "acc_medium": "medium", "acc_few": "few"}
+EARLIER_NAMES = {"acc": "accuracy", "acc_mean_class": "mean_class_accuracy", "acc_many": "many",
+                 "acc_medium": "medium", "acc_few": "few"}
+"""What versions registered before the metrics were renamed call them."""
+
+
+def _recorded(metrics: dict, key: str) -> object:
+    return metrics[key] if key in metrics else metrics.get(EARLIER_NAMES[key])
 
 
 def _metric(value: object) -> str:
@@ -38,7 +43,7 @@ def versions_table(versions: list[ModelVersion]) -> Table:
     for v in versions:
         cells = ([v.name] if several else []) + [
             v.version, ", ".join(v.stages) or "—", v.created_at[:16].replace("T", " "), v.commit[:7]]
-        table.add_row(*cells, *(_metric(v.metrics.get(key)) for key in METRIC_KEYS))
+        table.add_row(*cells, *(_metric(_recorded(v.metrics, key)) for key in METRIC_KEYS))
     table.caption = "test accuracy, %: overall, mean per class, many/medium/few-shot classes; UTC"
     return table
 

@@ -67,21 +67,30 @@ def longtail_stats(class_counts: Sequence[int]) -> dict[str, Any]:
     }
 
 
-METRIC_KEYS = (
-    "num_classes", "num_samples", "max", "min", "imbalance_ratio",
-    "many", "medium", "few", "head_share", "tail_share",
-)
-"""The statistics the validate stage reports as DVC metrics."""
+DATASET_SECTION = "dataset"
+"""longtail.json's metrics sit under this key (`dvc exp show`: ``dataset.classes_few``); not ``data``,
+whose params (``data.imbalance_ratio``) would share the column names."""
+METRIC_NAMES = {
+    "num_classes": "classes", "num_samples": "images", "max": "max_per_class", "min": "min_per_class",
+    "imbalance_ratio": "imbalance_ratio", "many": "classes_many", "medium": "classes_medium",
+    "few": "classes_few", "head_share": "head_share", "tail_share": "tail_share",
+}
+"""Statistic (:func:`longtail_stats`) → the name the validate stage reports it by."""
+DIGITS = 4
+
+
+def _rounded(value: Any) -> Any:
+    return round(value, DIGITS) if isinstance(value, float) else value
 
 
 def longtail_metrics(counts_by_split: Mapping[str, Sequence[int]], train_split: str = "train") -> dict:
     """Metrics of a dataset: the training split's statistics, plus each split's size."""
     stats = longtail_stats(counts_by_split[train_split])
-    metrics: dict[str, Any] = {key: stats[key] for key in METRIC_KEYS}
-    metrics["splits"] = {
-        split: {"num_samples": sum(int(c) for c in counts)} for split, counts in counts_by_split.items()
-    }
-    return metrics
+    section: dict[str, Any] = {name: _rounded(stats[key]) for key, name in METRIC_NAMES.items()}
+    for split, counts in counts_by_split.items():
+        if split != train_split:
+            section[f"images_{split}"] = sum(int(c) for c in counts)
+    return {DATASET_SECTION: section}
 
 
 def count_curve(class_counts: Sequence[int], classnames: Sequence[str]) -> list[dict[str, Any]]:

@@ -128,12 +128,11 @@ def test_stage_writes_longtail_metrics_and_the_count_curve(tmp_path):
     assert "Calculating Metrics" not in done.stderr + done.stdout
     assert done.stdout.startswith("validate: ") and "expectations passed" in done.stdout
     metrics = json.loads((tmp_path / "stats" / "longtail.json").read_text())
-    assert metrics == {
-        "num_classes": 6, "num_samples": 201, "max": 120, "min": 2,
-        "imbalance_ratio": pytest.approx(60.0), "many": 1, "medium": 2, "few": 3,
-        "head_share": pytest.approx(120 / 201), "tail_share": pytest.approx(16 / 201),
-        "splits": {"train": {"num_samples": 201}, "test": {"num_samples": 30}},
-    }
+    assert metrics == {"dataset": {
+        "classes": 6, "images": 201, "max_per_class": 120, "min_per_class": 2,
+        "imbalance_ratio": 60.0, "classes_many": 1, "classes_medium": 2, "classes_few": 3,
+        "head_share": round(120 / 201, 4), "tail_share": round(16 / 201, 4), "images_test": 30,
+    }}
     with open(tmp_path / "stats" / "class_counts.csv", newline="") as f:
         rows = [(r["rank"], r["label"], r["class"], r["count"]) for r in csv.DictReader(f)]
     assert rows == [("1", "1", "bee", "120"), ("2", "0", "ant", "40"), ("3", "2", "cat", "25"),
@@ -224,7 +223,7 @@ def test_checksums_are_only_verified_when_asked(tmp_path, capsys):
     edit_manifest(shard_dir, lambda m: m["splits"]["test"]["shards"][0].update(sha256="ab" * 32))
     status, err = run_stage(tmp_path, shard_dir, capsys, verify_checksums=False)
     assert status == 0, err
-    assert json.loads((tmp_path / "stats" / "longtail.json").read_text())["few"] == 3
+    assert json.loads((tmp_path / "stats" / "longtail.json").read_text())["dataset"]["classes_few"] == 3
 
 
 def test_class_name_count_unlike_the_label_count_is_refused(tmp_path, capsys):

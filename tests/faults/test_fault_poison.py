@@ -98,7 +98,8 @@ def project(tmp_path, params_file) -> Path:
     write_params(repo / "params.yaml", params_file,
                  register={"min_accuracy": 0, "min_mean_class_accuracy": 0, "min_few_accuracy": None})
     (repo / "eval.json").write_text(json.dumps(
-        {"accuracy": 12.5, "mean_class_accuracy": 10.0, "many": 20.0, "medium": 5.0, "few": 0.0}))
+        {"test": {"acc": 12.5, "acc_mean_class": 10.0, "acc_many": 20.0, "acc_medium": 5.0, "acc_few": 0.0},
+         "tte": True}))
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "project")
     return repo
@@ -121,11 +122,11 @@ def test_register_refuses_nan_in_any_metric_it_would_tag(project, checkpoint):
     """json.loads reads NaN; nested under an extra key, it used to pass the gate and land in the tag."""
     model = Path(shutil.copy(checkpoint, project / "adapter.pt"))
     metrics = json.loads((project / "eval.json").read_text())
-    metrics["classes_per_group"] = {"many": 3, "medium": 4, "few": float("nan")}
+    metrics["test"]["classes_few"] = float("nan")
     (project / "eval.json").write_text(json.dumps(metrics))
     assert "NaN" in (project / "eval.json").read_text()
     done = register(project, model)
-    assert_one_line_error(done, "eval.json: 'classes_per_group.few' is nan, expected a finite number or null")
+    assert_one_line_error(done, "eval.json: 'test.classes_few' is nan, expected a finite number or null")
     assert git(project, "tag", "--list") == ""
     assert not (project / "registration.json").exists()
 
