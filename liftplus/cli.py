@@ -36,5 +36,6 @@ for _name, _module, _function in (
     ("peft-summary", "peft_summary", "peft_summary"),
     ("models", "models", "models"),
     ("predict", "predict", "predict"),
+    ("preset", "preset", "preset"),
 ):
     _register(_name, _module, _function)
