@@ -3,7 +3,8 @@
 ViT-B-16 lift+ (random init, K = 1000), CPU fp32, ``predict_logits`` (the
 evaluate stage's function) over the same few synthetic photo shards, batch 8,
 2 workers: once with ``test_transform`` (short side 256, centre 224 crop) and
-once with ``tte_transform`` (short side 248, five 224 crops, logits averaged).
+once with ``tte_transform`` (short side 248, five 224 crops, logits averaged):
+the short sides are ``eval_resize``'s, the evaluate stage's with ``evaluate.tte_expand: null``.
 One warm-up forward first; each pass is timed whole, worker start included,
 as the evaluate stage runs it. Runs in a child process.
 """
@@ -43,7 +44,7 @@ def measure(shard_dir: Path) -> dict[str, float]:
     pre = model.preprocess
     paths = shard_paths(read_manifest(shard_dir / "manifest.json"), shard_dir, "train")
     plain = ShardIndex(paths, test_transform(pre.image_size, pre.mean, pre.std))
-    tte = ShardIndex(paths, tte_transform(pre.image_size, pre.mean, pre.std, expand=24))
+    tte = ShardIndex(paths, tte_transform(pre.image_size, pre.mean, pre.std))
     cpu = torch.device("cpu")
     with torch.inference_mode():
         model.eval()(torch.zeros(BATCH, 3, pre.image_size, pre.image_size))

@@ -26,7 +26,8 @@ not depend on the values):
   the ceiling the input pipeline can reach;
 * ``eval``: ``predict_logits``' loop (``inference_mode``, bf16) over the shards
   with ``eval_input``, batch 256 (``evaluate.batch_size``'s default), centre
-  crop, then TTE (five crops, expand 24: the model sees 5 × 256 per batch);
+  crop, then TTE (five crops: the model sees 5 × 256 per batch), each after the
+  resize of ``evaluate.tte_expand: null`` (``eval_resize``: short side 256, 248 with TTE);
 * with ``--compile``: ``ours`` and ``model_only`` again under ``torch.compile``
   (compilation falls in the warm-up; on the GPU skipped when under 150 s of
   ``--budget`` is left).
@@ -89,8 +90,6 @@ LR = 0.02
 """lift+'s default learning rate."""
 EPOCHS = 5
 """lift+'s default epochs: what the MDA schedule is built for (the bench reads epoch 0's crops)."""
-TTE_EXPAND = 24
-"""``evaluate.tte_expand`` at 224 px (the reference's)."""
 
 GPU_DEFAULTS = dict(images=4000, batch=128, eval_batch=256, passes=3, warmup=10,
                     model="ViT-B-16", num_classes=1000, budget=480.0)
@@ -438,14 +437,13 @@ class Arms:
         model.eval()
         pre = model.preprocess
         res = pre.image_size
-        expand = max(1, TTE_EXPAND * res // 224)
         hand_off = resolve_hand_off(plan["input"], device)
         amp_dtype = autocast_dtype("auto", device)
         batches = plan["eval_warmup_batches"] + plan["eval_timed_batches"]
         result: dict[str, Any] = {"hand_off": hand_off}
         for tte in (False, True):
             pass_started = time.perf_counter()
-            transform = eval_input(hand_off, res, pre.mean, pre.std, tte=tte, expand=expand)
+            transform = eval_input(hand_off, res, pre.mean, pre.std, tte=tte)  # expand: evaluate's default
             dataset = ShardIndex(plan["shards"], transform, num_classes=plan["num_classes"])
             sampler = EpochBatchSampler(len(dataset), plan["eval_batch"], shuffle=False,
                                         subset=self.stream_indices(plan["eval_batch"], batches))

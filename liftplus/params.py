@@ -132,7 +132,11 @@ class TrainParams(_Section):
 
 class EvaluateParams(_Section):
     tte: bool = True
-    tte_expand: int = Field(24, ge=0)
+    tte_expand: Optional[int] = Field(
+        None, ge=0,
+        description="pixels added to the short side before the test crop(s), with TTE or not; null: the "
+        "reference's for the resolution (liftplus.data.transforms.eval_resize)",
+    )
     batch_size: int = Field(256, gt=0)
     workers: int = Field(2, ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

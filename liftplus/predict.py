@@ -2,33 +2,44 @@
 
 The model is rebuilt from the checkpoint onto its backbone and sees each image
 exactly as evaluation does: turned upright by its EXIF orientation and made
-8-bit RGB as the sharding stage stores photos, then the backbone's test
-transform (centre crop) or, with TTE, its five crops whose logits are averaged
-before the softmax.
+8-bit RGB as the sharding stage stores photos, then resized to
+:func:`~liftplus.data.transforms.eval_resize`'s short side (evaluate's rule) and
+centre-cropped or, with TTE, cut into five crops whose logits are averaged
+before the softmax. :func:`evaluated_config` says which of the two the model was
+evaluated with, so that ``liftplus predict`` runs the same by default.
 """
 
 from __future__ import annotations
 
 import csv
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
 import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from liftplus.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, is_image_name, pixel_budget_exceeded, to_eight_bit
-from liftplus.data.transforms import test_transform, to_rgb, tte_transform
+from liftplus.data.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageTooLarge,
+    UndecodableImage,
+    is_image_name,
+    open_decoded,
+    to_eight_bit,
+)
+from liftplus.data.transforms import eval_resize, test_transform, to_rgb, tte_transform
 from liftplus.errors import DataError, OutputError, ParamsError
 from liftplus.io import atomic_path, write_json
 from liftplus.model.build import LiftModel
 from liftplus.model.checkpoint import checkpoint_classnames, model_from_checkpoint
 from liftplus.train import Distributed, autocast_dtype, pick_device
 
-TTE_EXPAND = 24
-"""Pixels added to the short side before the five TTE crops (params.yaml's evaluate.tte_expand default)."""
+if TYPE_CHECKING:
+    from liftplus.params import EvaluateParams
+    from liftplus.registry import ModelVersion
+
 OUTPUT_FORMATS = (".csv", ".json")
 DEVICES = ("auto", "cuda", "cpu")
 CSV_COLUMNS = ("path", "rank", "class", "label", "probability")
@@ -66,6 +77,15 @@ class Predictor:
     transform: Callable[[Image.Image], torch.Tensor]
     device: torch.device
     precision: str = "auto"
+    tte: bool = False
+    short_side: Optional[int] = None
+    """What :func:`eval_resize` gave: the short side each image is resized to before its crop(s)."""
+
+    @property
+    def mode(self) -> str:
+        """How images are seen, for titles: ``TTE, 5 crops, resize 248`` or ``centre crop, resize 256``."""
+        crops = "TTE, 5 crops" if self.tte else "centre crop"
+        return crops if self.short_side is None else f"{crops}, resize {self.short_side}"
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Float logits ``[B, K]`` of transformed images ``[B, C, H, W]``, or of crops
@@ -87,18 +107,95 @@ class Predictor:
         return torch.softmax(self.logits(torch.stack([self.transform(img) for img in images])), dim=1)
 
 
-def load_predictor(checkpoint: str | Path, tte: bool = False, device: str = "auto") -> Predictor:
-    """The model of ``checkpoint`` in eval mode on ``device``, with the backbone's test (or TTE) transform."""
+def load_predictor(
+    checkpoint: str | Path, tte: bool = False, device: str = "auto", expand: Optional[int] = None
+) -> Predictor:
+    """The model of ``checkpoint`` in eval mode on ``device``, with the backbone's test (or TTE) transform:
+    the short side resized to ``eval_resize(image_size, tte, expand)`` (``expand`` as ``evaluate.tte_expand``)."""
     target = inference_device(device)
     model, config, ckpt = model_from_checkpoint(checkpoint)
     classnames = checkpoint_classnames(ckpt.get("extra") or {}, config.num_classes, checkpoint)
     pre = model.preprocess
     if tte:
-        transform = tte_transform(pre.image_size, pre.mean, pre.std, expand=TTE_EXPAND)
+        transform = tte_transform(pre.image_size, pre.mean, pre.std, expand=expand)
     else:
-        transform = test_transform(pre.image_size, pre.mean, pre.std)
+        transform = test_transform(pre.image_size, pre.mean, pre.std, expand=expand)
     model.to(target).eval()
-    return Predictor(model, classnames, transform, target)
+    return Predictor(model, classnames, transform, target, tte=tte,
+                     short_side=eval_resize(pre.image_size, tte, expand))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a model was evaluated (``evaluate.tte``, ``evaluate.tte_expand``), and where that was read."""
+
+    tte: bool
+    expand: Optional[int]
+    source: str
+
+
+REFERENCE_CONFIG = EvalConfig(tte=True, expand=None, source="the reference's default")
+
+
+def evaluated_config(
+    version: Optional["ModelVersion"] = None, params: Optional["EvaluateParams"] = None
+) -> EvalConfig:
+    """The test-time configuration ``predict`` uses unless told otherwise.
+
+    A registered version whose tag's metrics record ``tte`` (the evaluate stage writes it
+    to eval.json, the register stage copies it into the tag) is predicted as it was
+    evaluated; its expand is the tag's ``tte_expand`` if recorded, else ``params``'.
+    Otherwise the evaluate section of the project's params (``params``), and without
+    those the reference's: TTE, its expand.
+    """
+    recorded: dict[str, Any] = version.metrics if version is not None else {}
+    if isinstance(recorded.get("tte"), bool):
+        expand = recorded.get("tte_expand")
+        if "tte_expand" not in recorded or not (expand is None or _is_expand(expand)):
+            expand = params.tte_expand if params is not None else None
+        return EvalConfig(recorded["tte"], expand, f"{version.tag}'s registration")
+    if params is not None:
+        return EvalConfig(params.tte, params.tte_expand, "params")
+    return REFERENCE_CONFIG
+
+
+def _is_expand(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The checkpoint a ``--model`` names, how to name it in titles, and its registered version if any."""
+
+    checkpoint: Path
+    label: str
+    version: Optional["ModelVersion"] = None
+
+
+def model_source(reference: str, repo: str | Path = ".") -> ModelSource:
+    """A checkpoint file as given, or a registered version or stage (``v0.0.1``, ``NAME@v0.0.1``,
+    ``prod``, ``NAME#prod``, ``latest``) resolved through the registry."""
+    from liftplus.registry import find_version, resolve_model
+
+    if Path(reference).is_file():
+        return ModelSource(Path(reference), reference)
+    checkpoint = resolve_model(reference, repo)  # a path-like name that is no file: one line
+    version = find_version(reference, repo)
+    return ModelSource(checkpoint, version_label(reference, version), version)
+
+
+def version_label(reference: str, version: "ModelVersion") -> str:
+    """``NAME@vX.Y.Z`` for a version; a stage or ``latest`` with the version it stands for:
+    ``liftplus-classifier#prod → v0.0.3``."""
+    if reference in (version.version, version.tag):
+        return version.tag
+    if reference in ("latest", "greatest"):
+        spelled = f"{version.name}@{reference}"
+    elif "@" in reference or "#" in reference:
+        spelled = reference
+    else:
+        spelled = f"{version.name}#{reference}"
+    return f"{spelled} → {version.version}"
 
 
 def inference_device(name: str) -> torch.device:
@@ -135,32 +232,26 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
 def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """An upright 8-bit RGB image; any mode PIL reads (L, RGBA, P, CMYK, 16-bit) is converted.
 
-    An image of more than ``max_pixels`` pixels is refused from its header, before its
-    pixels are decoded (a small file can hold a decompression bomb).
+    DataError if it does not decode, or has more than ``max_pixels`` pixels (refused from
+    its header, before its pixels are decoded: a small file can hold a decompression bomb).
     """
     try:
-        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: the budget below decides
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-    except Image.DecompressionBombError as exc:  # over PIL's own hard limit, whatever --max-pixels says
-        raise DataError(f"{path}: too large ({_reason(exc, path)})") from None
-    except Exception as exc:  # PIL raises many types for bad bytes
-        raise DataError(f"{path}: not a readable image ({_reason(exc, path)})") from None
+        image = open_decoded(path, max_pixels)
+    except ImageTooLarge as exc:
+        raise DataError(f"{path}: {_without_path(exc, path)} (see --max-pixels)") from None
+    except UndecodableImage as exc:
+        raise DataError(f"{path}: not a readable image ({_without_path(exc, path)})") from None
     with image:
-        too_large = pixel_budget_exceeded(image.size, max_pixels)
-        if too_large:
-            raise DataError(f"{path}: too large: {too_large} (see --max-pixels)")
         try:
-            image.load()
             return to_rgb(to_eight_bit(ImageOps.exif_transpose(image)))
         except MemoryError:
             raise
-        except Exception as exc:
-            raise DataError(f"{path}: not a readable image ({_reason(exc, path)})") from None
+        except Exception as exc:  # a broken EXIF block, a mode PIL cannot convert
+            raise DataError(f"{path}: not a readable image ({_without_path(exc, path)})") from None
 
 
-def _reason(exc: BaseException, path: str | Path) -> str:
-    """PIL's message in one line, without the path the error line names already."""
+def _without_path(exc: BaseException, path: str | Path) -> str:
+    """The error's message in one line, without the path the error line names already."""
     return str(exc).splitlines()[0].replace(f" '{path}'", "") if str(exc) else type(exc).__name__
 
 
@@ -173,12 +264,21 @@ def top_k(probabilities: torch.Tensor, k: int, classnames: Sequence[str]) -> lis
     ]
 
 
+OnUnreadable = Callable[[Path, DataError], None]
+"""Called with an image that does not decode (or is over the pixel budget) and why: return to skip
+the image, raise to stop."""
+
+
 def predict_images(
     predictor: Predictor, paths: Sequence[Path], k: int = 5, batch_size: int = 64, progress: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS, on_unreadable: Optional[OnUnreadable] = None,
 ) -> list[ImagePredictions]:
     """Top-``k`` predictions of every image in ``paths``, in order, ``batch_size`` images per forward;
-    an image of more than ``max_pixels`` pixels is refused before it is decoded."""
+    an image of more than ``max_pixels`` pixels is refused before it is decoded.
+
+    An image that cannot be read raises its DataError, or, with ``on_unreadable``, is
+    passed to it and left out of the results if it returns.
+    """
     if k < 1:
         raise ValueError(f"k is {k}, expected at least 1")
     if batch_size < 1:
@@ -187,11 +287,22 @@ def predict_images(
     # disable=None: a bar only on a terminal, never in a log or a pipe.
     with tqdm(total=len(paths), desc="predict", unit="img", disable=None if progress else True, leave=False) as bar:
         for start in range(0, len(paths), batch_size):
-            batch = paths[start:start + batch_size]
-            probabilities = predictor.probabilities([open_image(p, max_pixels) for p in batch])
-            for path, predictions in zip(batch, top_k(probabilities, k, predictor.classnames)):
-                results.append(ImagePredictions(path, predictions))
-            bar.update(len(batch))
+            chunk = paths[start:start + batch_size]
+            batch, images = [], []
+            for path in chunk:
+                try:
+                    images.append(open_image(path, max_pixels))
+                except DataError as exc:
+                    if on_unreadable is None:
+                        raise
+                    on_unreadable(path, exc)
+                    continue
+                batch.append(path)
+            if batch:
+                probabilities = predictor.probabilities(images)
+                for path, predictions in zip(batch, top_k(probabilities, k, predictor.classnames)):
+                    results.append(ImagePredictions(path, predictions))
+            bar.update(len(chunk))
     return results
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from helpers_shards import sample, write_tar
@@ -24,7 +25,7 @@ from liftplus.data.input_path import (
     train_input,
 )
 from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
-from liftplus.data.transforms import BICUBIC, resized_crop_uint8
+from liftplus.data.transforms import BICUBIC, eval_resize, resized_crop_uint8
 from liftplus.errors import DataError
 
 RES = 32
@@ -169,6 +170,29 @@ def test_device_decode_matches_the_float_path_to_a_grey_level(shard, kind):
     difference = level_difference(on_device, as_float)
     assert difference.mean().item() < 1.0 and difference.max().item() <= 12, (
         difference.mean().item(), difference.max().item())
+
+
+@pytest.mark.parametrize("res", [32, 224])
+@pytest.mark.parametrize("tte, expand", [(False, None), (False, 24), (True, None), (True, 24), (True, 0)])
+def test_every_hand_off_resizes_to_eval_resize(res, tte, expand):
+    """One rule for the test-time short side (evaluate.tte_expand), in the workers or on the device;
+    at 224 px with expand null the reference's 256 (centre crop) and 248 (TTE)."""
+    short_side = eval_resize(res, tte, expand)
+    for hand_off in ("float", "uint8"):
+        steps = eval_input(hand_off, res, MEAN, STD, tte, expand).transform.transforms
+        assert [step.size for step in steps if isinstance(step, T.Resize)] == [short_side], hand_off
+    assert eval_input("encoded", res, MEAN, STD, tte, expand).short_side == short_side
+    if res == 224 and expand is None:
+        assert short_side == (248 if tte else 256)
+
+
+def test_an_explicit_expand_moves_the_centre_crop_on_every_hand_off(shard):
+    """``tte_expand`` with TTE off used to be ignored: the float path and the device's follow it alike."""
+    wide = batches(ShardIndex(shard, eval_input("float", RES, MEAN, STD, expand=24), seed=2), epoch=0)
+    plain = batches(ShardIndex(shard, eval_input("float", RES, MEAN, STD), seed=2), epoch=0)
+    on_device = batches(ShardIndex(shard, eval_input("encoded", RES, MEAN, STD, expand=24), seed=2), epoch=0)
+    assert (torch.cat(wide) - torch.cat(plain)).abs().max().item() > 0.1
+    assert level_difference(torch.cat(on_device), torch.cat(wide)).mean().item() < 1.0
 
 
 def test_encoded_batches_pin_and_collate(shard):

@@ -11,6 +11,7 @@ from torchvision.transforms import functional as TF
 
 from liftplus.data.transforms import (
     MinimalistRandomResizedCrop,
+    eval_resize,
     RandomResizedCropFlip,
     five_crop_boxes,
     mda_min_scale,
@@ -225,6 +226,30 @@ def test_test_transform_centre_crops_after_resize_to_res_plus_res_over_7():
     out = make_test_transform(32, (0, 0, 0), (1, 1, 1))(coordinate_image(36, 48))
     assert coordinates(out, 0, 0) == (2, 8)
     assert coordinates(out, 31, 31) == (33, 39)
+
+
+def test_test_transform_takes_an_explicit_expand():
+    """``evaluate.tte_expand`` set with TTE off: the centre crop follows it (it used to be ignored)."""
+    # 40 = 32 + 8: a 40 x 48 image is not resized, so the centre crop starts at (4, 8)
+    out = make_test_transform(32, (0, 0, 0), (1, 1, 1), expand=8)(coordinate_image(40, 48))
+    assert coordinates(out, 0, 0) == (4, 8)
+    assert coordinates(out, 31, 31) == (35, 39)
+
+
+@pytest.mark.parametrize("tte, expand", [(False, None), (False, 8), (True, None), (True, 24), (True, 0)])
+def test_test_and_tte_transforms_resize_to_eval_resize(tte, expand):
+    """Both transforms take their short side from the one rule, whatever the expand."""
+    transform = (tte_transform(32, MEAN, STD, expand=expand) if tte
+                 else make_test_transform(32, MEAN, STD, expand=expand))
+    [resize] = [step for step in transform.transforms if isinstance(step, T.Resize)]
+    assert resize.size == eval_resize(32, tte, expand)
+    assert resize.interpolation == InterpolationMode.BICUBIC
+
+
+def test_tte_transform_default_is_the_reference_share_of_the_resolution():
+    # 35 = 32 + round(24 * 32 / 224): a 35 x 45 image is not resized; corners 3 and 13 apart
+    crops = tte_transform(32, (0, 0, 0), (1, 1, 1))(coordinate_image(35, 45))
+    assert [coordinates(crop, 0, 0) for crop in crops] == [(0, 0), (0, 13), (3, 0), (3, 13), (2, 6)]
 
 
 def test_five_crop_boxes_by_hand():

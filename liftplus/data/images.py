@@ -15,6 +15,7 @@ decode when training, for ``H * W * channels + 128`` bytes an image (a
 from __future__ import annotations
 
 import io
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -157,20 +158,31 @@ def error_reason(exc: BaseException) -> str:
     return _OBJECT_REPR.sub("", first_line) or type(exc).__name__
 
 
-def _open_decoded(raw: bytes, max_pixels: int) -> Image.Image:
-    """The decoded image; its size is checked against ``max_pixels`` from the header, before decoding."""
+def open_decoded(source: bytes | str | os.PathLike, max_pixels: int) -> Image.Image:
+    """The fully decoded image of a file's bytes or of a file; its size is checked against ``max_pixels``
+    from the header, before any pixel is decoded (a small file can hold a decompression bomb).
+
+    Raise ImageTooLarge over the budget or PIL's own hard limit, UndecodableImage if PIL cannot
+    decode it (both with a one-line reason). Used by the sources and by ``predict``.
+    """
     try:
-        image = Image.open(io.BytesIO(raw))
+        with warnings.catch_warnings():  # PIL's softer DecompressionBombWarning: the budget below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except Image.DecompressionBombError as exc:  # over PIL's own hard limit (2 x MAX_IMAGE_PIXELS)
         raise ImageTooLarge(f"too large: {error_reason(exc)}") from None
     except Exception as exc:  # PIL raises many types for bad bytes
         raise UndecodableImage(error_reason(exc)) from None
-    too_large = pixel_budget_exceeded(image.size, max_pixels)
-    if too_large:
-        raise ImageTooLarge(f"too large: {too_large}")
     try:
+        too_large = pixel_budget_exceeded(image.size, max_pixels)
+        if too_large:
+            raise ImageTooLarge(f"too large: {too_large}")
         image.load()
+    except UndecodableImage:
+        image.close()
+        raise
     except Exception as exc:
+        image.close()
         raise UndecodableImage(error_reason(exc)) from None
     return image
 
@@ -181,7 +193,7 @@ def prepare_photo(raw: bytes, max_short_side: int, max_pixels: int = DEFAULT_MAX
     Raise ImageTooLarge if it has more than ``max_pixels`` pixels, UndecodableImage
     if it does not decode.
     """
-    image = _open_decoded(raw, max_pixels)
+    image = open_decoded(raw, max_pixels)
     source_format = image.format
     orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     too_large = max_short_side > 0 and min(image.size) > max_short_side

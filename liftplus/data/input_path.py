@@ -40,6 +40,7 @@ from liftplus.errors import DataError
 from liftplus.data.transforms import (
     BICUBIC,
     Box,
+    eval_resize,
     five_crop_boxes,
     normalize_batch,
     resize_shape,
@@ -260,12 +261,13 @@ def train_input(
 
 
 def eval_input(
-    hand_off: str, res: int, mean: Sequence[float], std: Sequence[float], tte: bool = False, expand: int = 24,
+    hand_off: str, res: int, mean: Sequence[float], std: Sequence[float], tte: bool = False,
+    expand: Optional[int] = None,
 ) -> WorkerInput:
-    """The evaluation input: centre crop after ``Resize(res + res // 7)``, or TTE's five crops."""
+    """The evaluation input: the short side resized to ``eval_resize(res, tte, expand)``, then the
+    centre crop or TTE's five crops (``expand`` None: the reference's, 256 or 248 at 224 px)."""
     if hand_off == "encoded":
-        short_side = res + expand if tte else res + res // 7
-        return EncodedInput(res, mean, std, short_side=short_side, tte=tte)
+        return EncodedInput(res, mean, std, short_side=eval_resize(res, tte, expand), tte=tte)
     transform = (tte_transform(res, mean, std, expand, uint8=True) if tte
-                 else test_transform(res, mean, std, uint8=True))
+                 else test_transform(res, mean, std, uint8=True, expand=expand))
     return PixelInput(transform, random=False, normalize=(tuple(mean), tuple(std)), on_device=hand_off == "uint8")

@@ -293,11 +293,43 @@ def train_transform(
     return TrainTransform(crop, _finish(mean, std, uint8), resize)
 
 
-def test_transform(res: int, mean: Sequence[float], std: Sequence[float], uint8: bool = False) -> T.Compose:
-    """Resize the short side to ``res + res // 7`` (bicubic), centre crop ``res``."""
-    return T.Compose(
-        [to_rgb, T.Resize(res + res // 7, interpolation=BICUBIC), T.CenterCrop(res), _finish(mean, std, uint8)]
-    )
+REFERENCE_TTE_EXPAND = 24
+"""Pixels the reference adds to the short side before TTE's five crops (its default at every resolution)."""
+REFERENCE_TTE_RES = 224
+"""The resolution :data:`REFERENCE_TTE_EXPAND` was chosen for (CLIP ViT-B/16)."""
+
+
+def eval_resize(res: int, tte: bool, expand: Optional[int] = None) -> int:
+    """The short side a test image is resized to before its ``res`` crop(s): ``res + expand``.
+
+    The one rule for evaluation, ``predict`` and the benches (``evaluate.tte_expand``).
+    ``expand`` None takes the reference's share of the resolution: with TTE
+    ``round(24 * res / 224)`` (the reference's 24 at 224 px: 248; 3 at the demo's 32 px: 35),
+    without TTE ``res // 7`` (the reference's own default: 256 at 224 px, 36 at 32 px).
+    A number is used as given in both modes, as the reference's ``expand``.
+
+    The reference adds 24 at every resolution with TTE: at 384 px it resizes to 408,
+    where this rule gives 425 (expand 41). A preset for a 384-px backbone that is to
+    reproduce the reference sets ``evaluate.tte_expand: 24``.
+    """
+    if res < 1:
+        raise ValueError(f"res is {res}, expected at least 1")
+    if expand is None:
+        expand = round(REFERENCE_TTE_EXPAND * res / REFERENCE_TTE_RES) if tte else res // 7
+    elif expand < 0:
+        raise ValueError(f"expand is {expand}, expected at least 0")
+    return res + expand
+
+
+def test_transform(
+    res: int, mean: Sequence[float], std: Sequence[float], uint8: bool = False, expand: Optional[int] = None
+) -> T.Compose:
+    """Resize the short side to ``eval_resize(res, False, expand)`` (``res + res // 7`` by default; bicubic),
+    centre crop ``res``."""
+    return T.Compose([
+        to_rgb, T.Resize(eval_resize(res, False, expand), interpolation=BICUBIC), T.CenterCrop(res),
+        _finish(mean, std, uint8),
+    ])
 
 
 class StackCrops:
@@ -311,9 +343,11 @@ class StackCrops:
 
 
 def tte_transform(
-    res: int, mean: Sequence[float], std: Sequence[float], expand: int = 24, uint8: bool = False
+    res: int, mean: Sequence[float], std: Sequence[float], expand: Optional[int] = None, uint8: bool = False
 ) -> T.Compose:
-    """Test-time ensembling input: short side to ``res + expand`` (bicubic), the five ``res`` crops, stacked."""
-    return T.Compose(
-        [to_rgb, T.Resize(res + expand, interpolation=BICUBIC), T.FiveCrop(res), StackCrops(_finish(mean, std, uint8))]
-    )
+    """Test-time ensembling input: short side to ``eval_resize(res, True, expand)`` (bicubic; 248 at
+    224 px by default), the five ``res`` crops, stacked."""
+    return T.Compose([
+        to_rgb, T.Resize(eval_resize(res, True, expand), interpolation=BICUBIC), T.FiveCrop(res),
+        StackCrops(_finish(mean, std, uint8)),
+    ])
