@@ -7,21 +7,8 @@ from typing import Sequence
 import torch
 
 from liftplus.errors import CheckpointError
+from liftplus.metric_names import TEST_SECTION, rounded
 from liftplus.metrics import GROUPS, confusion_matrix, confusion_summary, metrics_from_confusion
-
-TEST_SECTION = "test"
-"""eval.json's headline metrics sit under this key, so `dvc exp show` names them ``test.acc``,
-``test.acc_few``, ...: no params section is called ``test``, and a class *count* (``classes_few``)
-can never be read as an accuracy."""
-ACCURACY_KEYS = ("acc", "acc_mean_class", "acc_many", "acc_medium", "acc_few")
-"""The headline accuracies (percent), in the order tables show them."""
-DIGITS = 2
-"""Accuracies are stored rounded: 46.94, never 46.940000000000005 (in eval.json and in registry tags)."""
-
-
-def rounded(value: float | None, digits: int = DIGITS) -> float | None:
-    return None if value is None else round(float(value), digits)
-
 
 def accuracy_section(m: dict, num_samples: int) -> dict:
     """The headline section of eval.json from :func:`liftplus.metrics.metrics_from_confusion`'s result."""
@@ -53,6 +40,7 @@ def evaluation_report(
     train_counts: Sequence[int],
     classnames: Sequence[str],
     tte: bool,
+    tte_expand: int | None = None,
 ) -> dict:
     """Metrics (for ``eval.json``) plus per-class and per-sample rows (for the plots)."""
     y_pred = logits.argmax(dim=1).tolist()
@@ -62,6 +50,7 @@ def evaluation_report(
     metrics = {
         TEST_SECTION: accuracy_section(m, len(y_true)),
         "tte": tte,
+        "tte_expand": tte_expand,
         "most_confused": confusion_summary(confusion, classnames, top=5),
     }
     per_class = [

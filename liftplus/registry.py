@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from liftplus.errors import CheckpointError, DataError, GateFailed, LiftplusError
-from liftplus.evaluate import ACCURACY_KEYS, TEST_SECTION
+from liftplus.metric_names import ACCURACY_KEYS, TEST_SECTION
 from liftplus.io import file_digest
 from liftplus.params import RegisterParams
 
@@ -79,7 +79,8 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
 
 
 def headline_metrics(evaluation: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    """What a version records: eval.json's ``test`` section (accuracies, class counts) and ``tte``."""
+    """What a version records: eval.json's ``test`` section (accuracies, class counts) and how the test
+    images were seen (``tte``, ``tte_expand``), so ``predict`` can see new images the same way."""
     section = evaluation.get(TEST_SECTION)
     if not isinstance(section, dict):
         raise DataError(f"{path}: no '{TEST_SECTION}' object of metrics (written by the evaluate stage)")
@@ -88,7 +89,7 @@ def headline_metrics(evaluation: dict[str, Any], path: str | Path) -> dict[str, 
         is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if value is not None and not is_number:
             raise DataError(f"{path}: '{TEST_SECTION}.{key}' is {value!r}, expected a finite number or null")
-    return {**section, "tte": evaluation.get("tte")}
+    return {**section, "tte": evaluation.get("tte"), "tte_expand": evaluation.get("tte_expand")}
 
 
 def _first_non_finite(document: Any) -> Optional[tuple[str, float]]:

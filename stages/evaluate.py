@@ -9,7 +9,8 @@ from liftplus.data.loader import ShardIndex
 from liftplus.data.manifest import read_manifest, shard_paths
 from liftplus.data.input_path import eval_input, resolve_hand_off
 from liftplus.errors import DataError, exit_on_error
-from liftplus.evaluate import TEST_SECTION, check_classnames, evaluation_report
+from liftplus.evaluate import check_classnames, evaluation_report
+from liftplus.metric_names import TEST_SECTION
 from liftplus.io import json_text, write_texts
 from liftplus.locks import output_lock
 from liftplus.model.checkpoint import model_from_checkpoint
@@ -52,7 +53,8 @@ def evaluate_stage(args) -> None:
     logits, labels = predict_logits(model, dataset, params.batch_size, params.workers, device, params.precision,
                                     prefetch=params.prefetch)
 
-    report = evaluation_report(logits, labels, manifest["splits"]["train"]["class_counts"], classnames, params.tte)
+    report = evaluation_report(logits, labels, manifest["splits"]["train"]["class_counts"], classnames,
+                               params.tte, params.tte_expand)
     out = args.out
     write_texts({  # one set: a failure leaves every previous file as it was
         out / "per_class.csv": csv_text(report["per_class"]),

@@ -67,7 +67,7 @@ def test_read_metrics_rejects_what_it_cannot_gate(tmp_path):
     with pytest.raises(DataError, match="no 'test' object of metrics"):
         read_metrics(path)
     path.write_text(json.dumps({"test": METRICS, "tte": True}))
-    assert read_metrics(path) == {**METRICS, "tte": True}
+    assert read_metrics(path) == {**METRICS, "tte": True, "tte_expand": None}
     path.write_text("[1, 2]")
     with pytest.raises(DataError, match="expected a JSON object"):
         read_metrics(path)
@@ -170,7 +170,7 @@ def test_failed_gate_registers_nothing_and_passing_gate_creates_the_tag(model_re
 
     model_md5 = hashlib.md5((repo / "data/model/adapter.pt").read_bytes()).hexdigest()
     message = json.loads(run(["git", "tag", "-l", "--format=%(contents)", f"{NAME}@v0.0.1"], repo).stdout)
-    assert message == {"path": "data/model/adapter.pt", "md5": model_md5, "metrics": {**METRICS, "tte": True}}
+    assert message == {"path": "data/model/adapter.pt", "md5": model_md5, "metrics": {**METRICS, "tte": True, "tte_expand": None}}
     record = json.loads((repo / "data/registry/registration.json").read_text())
     assert record["registered"] is True
     assert (record["version"], record["stages"], record["md5"], record["git_sha"]) == (
@@ -185,7 +185,7 @@ def test_models_lists_the_registered_version(model_repo):
     assert result.exit_code == 0, result.output
     listed = json.loads(result.stdout)
     assert [(v["name"], v["version"], v["stages"]) for v in listed] == [(NAME, "v0.0.1", ["staging"])]
-    assert listed[0]["metrics"] == {**METRICS, "tte": True}
+    assert listed[0]["metrics"] == {**METRICS, "tte": True, "tte_expand": None}
 
     table = CliRunner().invoke(app, ["--repo", str(model_repo)], env={"COLUMNS": "200"})
     assert table.exit_code == 0, table.output
