@@ -120,6 +120,16 @@ class TrainParams(_Section):
     )
     prefetch: int = Field(4, gt=0, description="batches in flight per worker")
     persistent_workers: bool = True
+    validation: Literal["auto", "val", "holdout", "off"] = Field(
+        "auto",
+        description="score each epoch on: auto: the shards' val split if they have one, else nothing; "
+        "val: that split (required); holdout: val_fraction of each class's training images, "
+        "then left out of training (this changes the training set); off: nothing",
+    )
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="validation holdout: share of each class held out")
+    keep: Literal["last", "best"] = Field(
+        "last", description="the weights to write: the last epoch's (the reference's) or the best validated epoch's"
+    )
 
     @model_validator(mode="after")
     def _micro_batch_divides(self) -> "TrainParams":
@@ -127,6 +137,12 @@ class TrainParams(_Section):
             raise ValueError(
                 f"micro_batch {self.micro_batch} must divide batch_size {self.batch_size}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _best_needs_validation(self) -> "TrainParams":
+        if self.keep == "best" and self.validation == "off":
+            raise ValueError("keep 'best' needs validation to pick the best epoch by, but validation is 'off'")
         return self
 
 

@@ -6,6 +6,11 @@ over epochs and micro-batches, stepping once per ``batch_size`` samples.
 State is saved atomically at the end of each epoch (and when SIGINT/SIGTERM
 asks us to stop), so an interrupted run resumes where it left off and ends
 with the same weights as an uninterrupted one.
+
+With a :class:`Validation`, each epoch ends with the model scored on it (test
+transform, no TTE); the best epoch's weights are kept aside (CPU copy, in the
+state too) and become the result with ``keep="best"``. The default keeps the
+reference's result, the last epoch's weights.
 """
 
 from __future__ import annotations
@@ -18,18 +23,19 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from liftplus.data.input_path import finish_batch
 from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
 from liftplus.errors import CheckpointError, TrainingError
 from liftplus.io import save_torch
+from liftplus.metrics import classification_metrics
 from liftplus.model.checkpoint import first_non_finite, load_trainable_state
+from liftplus.progress import Progress, eta_text
 
 STATE_FORMAT = "liftplus-train-state/2"
 
@@ -52,6 +58,8 @@ class RunConfig:
     compile: bool = False
     prefetch: int = 4
     persistent_workers: bool = True
+    keep: str = "last"
+    """``last``: the last epoch's weights (the reference's); ``best``: the best validated epoch's."""
     fingerprint: str = ""
 
 
@@ -74,8 +82,38 @@ class EpochLog:
     lr: float
     images_per_second: float
     seconds: float
+    validation: Optional[dict[str, Optional[float]]] = None
+    """:func:`validation_scores` after the epoch, when the run validates."""
     replayed: bool = field(default=False, compare=False)
     """True for an epoch trained before a resume, whose log came back from the saved state."""
+
+
+@dataclass
+class StepLog:
+    step: int
+    """Optimizer steps of the run so far, this one included (1-based, over all epochs)."""
+    loss: float
+    """The mean training loss of this step's micro-batches (rank 0's under DDP)."""
+    replayed: bool = field(default=False, compare=False)
+
+
+@dataclass
+class Validation:
+    """Samples scored after every epoch (``liftplus.training_run`` builds it from params)."""
+
+    dataset: ShardIndex
+    """With the test transform (centre crop, no TTE: it runs every epoch)."""
+    train_counts: Sequence[int]
+    """The training class counts: they set the many/medium/few groups, as evaluate's do."""
+    subset: Optional[list[int]] = None
+    """The dataset indices to score (a hold-out of the training shards); None: all of them."""
+    batch_size: int = 128
+    workers: int = 0
+    prefetch: int = 4
+
+
+BEST_BY = "acc_mean_class"
+"""The validation score that picks the best epoch: the highest; a tie goes to the earliest epoch."""
 
 
 @dataclass
@@ -165,10 +203,14 @@ def init_distributed(info: Distributed, device: torch.device) -> None:
 
 def save_state(
     path: Path, *, epoch: int, step: int, model: nn.Module, optimizer, scheduler, scaler, cfg: RunConfig,
-    history: list[EpochLog],
+    history: list[EpochLog], step_losses: Sequence[float] = (), best: Optional[dict] = None,
 ) -> None:
     """``step``: optimizer steps done in ``epoch``; unlike a micro-batch index it means the same
-    samples whatever the number of processes, so a run may resume on another world size."""
+    samples whatever the number of processes, so a run may resume on another world size.
+
+    ``step_losses`` (every optimizer step's loss so far) and ``best`` (the best validated
+    epoch: ``{"epoch", "score", "trainable"}``) come back on resume, so a resumed run logs
+    the whole step curve and keeps the same best epoch as an uninterrupted one."""
     state = {
         "format": STATE_FORMAT,
         "fingerprint": cfg.fingerprint,
@@ -182,6 +224,8 @@ def save_state(
         "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
         "history": [asdict(log, dict_factory=lambda items: {k: v for k, v in items if k != "replayed"})
                     for log in history],
+        "step_losses": list(step_losses),
+        "best": best,
     }
     save_torch(state, path)
 
@@ -203,6 +247,11 @@ def load_state(path: Path, cfg: RunConfig) -> Optional[dict]:
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in _unwrap(model).trainable_state_dict().items()}
+
+
+def cpu_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the trainable weights in host memory: the best epoch's stay aside there, off the GPU."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).trainable_state_dict().items()}
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -232,17 +281,26 @@ def fit(
     dist_info: Optional[Distributed] = None,
     stop: Optional[StopRequest] = None,
     progress: bool = True,
+    validation: Optional[Validation] = None,
+    on_step: Optional[Callable[[StepLog], None]] = None,
+    samples: Optional[Sequence[int]] = None,
 ) -> list[EpochLog]:
     """Train ``model``'s trainable parameters in place; return one log per epoch of the run.
 
-    The logs of epochs finished before a resume come from the saved state and
-    are passed to ``on_epoch`` first, so a logger started afresh still gets the
-    whole run's curves (and a finished run, rerun, gets them all again).
-    Progress bars show on a terminal only (``disable=None``), so logs and
-    ``dvc repro`` output get the one line per epoch instead.
+    The logs of epochs (and steps) finished before a resume come from the saved
+    state and are passed to ``on_epoch`` (``on_step``) first, so a logger started
+    afresh still gets the whole run's curves (and a finished run, rerun, gets
+    them all again). Progress shows as a bar on a terminal and as a plain line
+    now and then elsewhere (:mod:`liftplus.progress`).
+
+    ``samples``: the dataset indices to train on (None: all). ``validation``:
+    scored on the main rank after every epoch; with ``cfg.keep == "best"`` the
+    model ends with the best epoch's weights.
     """
     if cfg.epochs == 0:
         return []
+    if cfg.keep == "best" and validation is None:
+        raise TrainingError("train.keep is 'best' but the run has no validation samples to pick the best epoch by")
     dist_info = dist_info or Distributed()
     device = pick_device(cfg.device, dist_info)
     init_distributed(dist_info, device)
@@ -266,7 +324,7 @@ def fit(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
-    start_epoch, start_step, history = 0, 0, []
+    start_epoch, start_step, history, step_losses, best = 0, 0, [], [], None
     state = load_state(state_path, cfg)
     if state is not None:
         load_trainable_state(_unwrap(model), state["trainable"], source=str(state_path))
@@ -279,10 +337,14 @@ def fit(
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         start_epoch, start_step = state["epoch"], state["step"]
         history = [EpochLog(**log, replayed=True) for log in state.get("history", [])]
+        step_losses, best = list(state.get("step_losses", [])), state.get("best")
         if dist_info.is_main and start_epoch < cfg.epochs:
             print(f"resuming from {state_path}: epoch {start_epoch + 1}, step {start_step}")
         elif dist_info.is_main:
             print(f"{state_path} holds this run, finished: {start_epoch} epoch(s), nothing to train")
+    if dist_info.is_main and on_step is not None:
+        for number, step_loss in enumerate(step_losses, start=1):
+            on_step(StepLog(number, step_loss, replayed=True))
     if dist_info.is_main and on_epoch is not None:
         for log in history:
             on_epoch(log)
@@ -297,11 +359,12 @@ def fit(
 
     sampler = EpochBatchSampler(
         len(dataset), cfg.micro_batch, shuffle=True, seed=cfg.seed,
-        rank=dist_info.rank, world=dist_info.world,
+        rank=dist_info.rank, world=dist_info.world, subset=samples,
     )
     loader = make_loader(dataset, sampler, cfg.workers, pin_memory=device.type == "cuda",
                          prefetch=cfg.prefetch, persistent=cfg.persistent_workers)
     num_batches = len(sampler)
+    steps_per_epoch = -(-num_batches // accum_steps)
     start_batch = min(start_step * accum_steps, num_batches)
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -309,10 +372,9 @@ def fit(
         model.train()
         lr = optimizer.param_groups[0]["lr"]
         seen, loss_sum, correct, started = 0, 0.0, 0, time.perf_counter()
-        bar = tqdm(
-            total=num_batches, initial=start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=None if progress and dist_info.is_main else True, mininterval=1.0, leave=False,
-        )
+        step_seen, step_loss_sum = 0, 0.0
+        bar = Progress(f"epoch {epoch + 1}/{cfg.epochs}", num_batches, start_batch, unit="batch",
+                       enabled=progress and dist_info.is_main)
         for batch_idx, (images, labels) in enumerate(loader, start=start_batch):
             images = finish_batch(dataset.transform, images, device)
             labels = labels.to(device, non_blocking=True)
@@ -336,19 +398,30 @@ def fit(
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
 
-            n = labels.numel()
-            seen += n
-            loss_sum += loss.item() * n
+            n, summed_loss = labels.numel(), loss.item() * labels.numel()
+            seen, step_seen = seen + n, step_seen + n
+            loss_sum, step_loss_sum = loss_sum + summed_loss, step_loss_sum + summed_loss
             correct += (logits.argmax(dim=1) == labels).sum().item()
+            if last_of_step:
+                step_losses.append(step_loss_sum / step_seen)
+                step_seen, step_loss_sum = 0, 0.0
+                if dist_info.is_main and on_step is not None:
+                    on_step(StepLog(len(step_losses), step_losses[-1]))
             elapsed = time.perf_counter() - started
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}",
-                            img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
-            bar.update()
+            step = -(-(batch_idx + 1) // accum_steps)
+            bar.update(
+                1,
+                line=lambda: training_line(epoch, cfg.epochs, step, steps_per_epoch, loss_sum / seen,
+                                           seen / max(bar.elapsed, 1e-9), bar.rate(step - start_step)),
+                loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}",
+                img_s=f"{seen / max(elapsed, 1e-9):.0f}",
+            )
 
             if last_of_step and stop_requested(stop, dist_info, device):
                 if dist_info.is_main:
-                    save_state(state_path, epoch=epoch, step=-(-(batch_idx + 1) // accum_steps), model=model,
-                               optimizer=optimizer, scheduler=scheduler, scaler=scaler, cfg=cfg, history=history)
+                    save_state(state_path, epoch=epoch, step=step, model=model, optimizer=optimizer,
+                               scheduler=scheduler, scaler=scaler, cfg=cfg, history=history,
+                               step_losses=step_losses, best=best)
                 bar.close()
                 why = f"signal {stop.signal}" if stop.signal is not None else "a signal to another rank"
                 raise Interrupted(f"stopped by {why} at epoch {epoch + 1}, batch {batch_idx + 1}; state saved to {state_path}")
@@ -362,17 +435,62 @@ def fit(
                 "lower train.lr or check the data"
             )
         scheduler.step()
-        start_batch = 0
+        start_batch = start_step = 0
         elapsed = time.perf_counter() - started
         log = EpochLog(epoch + 1, loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), lr,
                        seen / max(elapsed, 1e-9), elapsed)
+        if validation is not None and dist_info.is_main:
+            log.validation = validation_scores(model, validation, device, cfg.precision, progress)
         history.append(log)
+        if log.validation is not None and best_epoch(history) is log:
+            best = {"epoch": log.epoch, "score": log.validation[BEST_BY], "trainable": cpu_trainable_state(model)}
         if dist_info.is_main:
-            save_state(state_path, epoch=epoch + 1, step=0, model=model,
-                       optimizer=optimizer, scheduler=scheduler, scaler=scaler, cfg=cfg, history=history)
+            save_state(state_path, epoch=epoch + 1, step=0, model=model, optimizer=optimizer,
+                       scheduler=scheduler, scaler=scaler, cfg=cfg, history=history,
+                       step_losses=step_losses, best=best)
             if on_epoch is not None:
                 on_epoch(log)
+    if cfg.keep == "best" and best is not None:
+        load_trainable_state(_unwrap(model), best["trainable"], source=f"{state_path}: best epoch {best['epoch']}")
     return history
+
+
+def training_line(epoch: int, epochs: int, step: int, steps: int, loss: float, images_per_second: float,
+                  steps_per_second: float) -> str:
+    """``epoch 2/5 step 120/460 loss 1.2345 312 img/s ETA 0:04:10``; the ETA is the run's end."""
+    remaining = (epochs - epoch) * steps - step
+    return (f"epoch {epoch + 1}/{epochs} step {step}/{steps} loss {loss:.4f} "
+            f"{images_per_second:,.0f} img/s ETA {eta_text(remaining, steps_per_second)}")
+
+
+def best_epoch(history: Sequence[EpochLog]) -> Optional[EpochLog]:
+    """The validated epoch with the highest :data:`BEST_BY` score (the earliest of equals), or None."""
+    best = None
+    for log in history:
+        score = (log.validation or {}).get(BEST_BY)
+        if score is not None and (best is None or score > best.validation[BEST_BY]):
+            best = log
+    return best
+
+
+def validation_scores(
+    model: nn.Module, validation: Validation, device: torch.device, precision: str, progress: bool = True,
+) -> dict[str, Optional[float]]:
+    """Accuracy, mean per-class and many/medium/few accuracy in percent (None: a group without a class).
+
+    The model's and the loader's random streams are left as they were: training
+    with validation makes the same weights as training without.
+    """
+    was_training = _unwrap(model).training
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        logits, labels = _inference(model, validation.dataset, validation.batch_size, validation.workers, device,
+                                    precision, progress, "validate", validation.subset, validation.prefetch)
+    model.train(was_training)
+    m = classification_metrics(labels.tolist(), logits.argmax(dim=1).tolist(), validation.train_counts,
+                               len(validation.train_counts))
+    return {"acc": m["accuracy"], "acc_mean_class": m["mean_class_accuracy"],
+            "acc_many": m["many"], "acc_medium": m["medium"], "acc_few": m["few"]}
 
 
 @torch.inference_mode()
@@ -398,10 +516,14 @@ def _inference(
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=False, subset=subset)
     loader = make_loader(dataset, sampler, workers, pin_memory=device.type == "cuda", prefetch=prefetch)
     outputs, all_labels = [], []
-    for images, labels in tqdm(loader, desc=desc, disable=None if progress else True, mininterval=1.0, leave=False):
+    shown = Progress(desc, sampler.num_samples, unit="img", enabled=progress)
+    for images, labels in loader:
         images = finish_batch(dataset.transform, images, device)
         outputs.append(forward_crops(forward, images, amp_dtype).cpu())
         all_labels.append(labels)
+        shown.update(len(labels), line=lambda: f"{desc}: {shown.count:,}/{shown.total:,} images "
+                                               f"{shown.rate():,.0f} img/s ETA {shown.eta()}")
+    shown.close()
     return torch.cat(outputs), torch.cat(all_labels)
 
 

@@ -57,7 +57,7 @@ def test_register_tagged_the_model_with_its_metrics(reproduced):
     registration = json.loads((project / "data/registry/registration.json").read_text())
     metrics = json.loads((project / "data/metrics/eval.json").read_text())
     assert registration["registered"] is True
-    assert registration["metrics"] == {**metrics["test"], "tte": metrics["tte"]}
+    assert registration["metrics"] == {**metrics["test"], "tte": metrics["tte"], "tte_expand": metrics["tte_expand"]}
     tags = run(["git", "tag", "--list"], project).stdout.split()
     assert registration["tag"] in tags and registration["tag"].startswith("liftplus-classifier@v")
 
@@ -87,7 +87,7 @@ def test_rerun_on_a_finished_state_keeps_the_weights_and_the_curves(reproduced):
     """As a sweep's experiment equal to the baseline does: the persisted state holds the
     finished run, so train runs no epoch, yet its outputs and DVCLive curves are all there."""
     project, _ = reproduced
-    loss_tsv = project / "dvclive/train/plots/metrics/train/loss.tsv"
+    loss_tsv = project / "dvclive/train/plots/metrics/fit/loss.tsv"
     curve = loss_tsv.read_text()
     adapter = (project / "data/model/adapter.pt").read_bytes()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 from liftplus.data.images import PIXELS_EXT, as_pixels
 from liftplus.data.manifest import MANIFEST_NAME, build_manifest, split_entry
@@ -13,12 +13,34 @@ from liftplus.data.shards import write_split_shards
 from liftplus.data.sources import Record, SourceData
 from liftplus.errors import DataError
 from liftplus.io import write_json
+from liftplus.progress import Progress
 
 
 def _counted(records: Iterator[Record], counts: Counter) -> Iterator[Record]:
     for record in records:
         counts[record.label] += 1
         yield record
+
+
+def _shown(records: Iterator[Record], split: str, total: Optional[int]) -> Iterator[Record]:
+    """``records``, counted on a progress bar or in lines such as
+    ``shard train: 12,000 records 480.2 MB 2,134 rec/s ETA 0:01:05`` (ETA ``?`` when ``total`` is None)."""
+    shown = Progress(f"shard {split}", total, unit="rec")
+    stored = 0
+    try:
+        for record in records:
+            stored += len(record.image)
+            yield record
+            shown.update(1, line=lambda: f"shard {split}: {shown.count:,} records {stored / 1e6:.1f} MB "
+                                         f"{shown.rate():,.0f} rec/s ETA {shown.eta()}")
+    finally:
+        shown.close()
+
+
+def expected_records(iterate: Callable[[], Iterator[Record]]) -> Optional[int]:
+    """How many records a source's split will yield, when its reader says (``iterate.num_records``:
+    a list's length); None for a folder walk, whose count is known only at its end."""
+    return getattr(iterate, "num_records", None)
 
 
 def _as_pixels(records: Iterator[Record]) -> Iterator[Record]:
@@ -47,6 +69,7 @@ def shard_source(
         records = _counted(iterate(), counts)
         if store == "pixels":
             records = _as_pixels(records)
+        records = _shown(records, split, expected_records(iterate))
         shards = write_split_shards(records, out_dir, split, max_samples, max_bytes)
         skipped = [asdict(s) for s in source.skipped.get(split, [])]
         splits[split] = split_entry([counts[c] for c in range(num_classes)], shards, skipped)

@@ -121,22 +121,22 @@ def test_disk_full_when_the_training_log_starts(tmp_path, monkeypatch, params_fi
 
 
 def test_training_log_write_refused_mid_run_names_the_file(tmp_path, params_file, shards, head):
-    """A file where DVCLive makes its per-metric folder: refused at the first epoch's log (DVCLive's
-    start clears its plot folders, but not a file in their place). Training stops in one line naming
-    it; the epoch's state is saved, and once the path is fixed a rerun picks up from it."""
+    """A file where DVCLive makes its per-metric folder: refused at the first optimizer step's loss
+    (DVCLive's start clears its plot folders, but not a file in their place). Training stops in one
+    line naming it, writes no checkpoint, and once the path is fixed a rerun trains to the end."""
     out = tmp_path / "out"
     in_the_way = out / "live" / "plots" / "metrics"
     in_the_way.parent.mkdir(parents=True)
     in_the_way.write_text("not a folder\n")
     done = invoke("train", *train_args(params_file, shards, head, out))
-    assert_one_line_error(done, f"error: {in_the_way / 'train'}: cannot write (Not a directory); "
-                                "the training log stopped at epoch 1, whose state is saved")
+    assert_one_line_error(done, f"error: {in_the_way / 'fit'}: cannot write (Not a directory); "
+                                "the training log stopped at optimizer step 1")
     assert not (out / "model" / "adapter.pt").exists() and temp_leftovers(out) == []
 
     in_the_way.unlink()
     again = invoke("train", *train_args(params_file, shards, head, out))
     assert again.code == 0, again.stderr[-2000:]
-    assert "epoch 1/1 (from the saved state)" in again.stdout
+    assert "epoch 1/1: loss" in again.stdout
     assert (out / "model" / "adapter.pt").is_file() and (out / "live" / "metrics.json").is_file()
 
 

@@ -40,4 +40,5 @@ def array_split(
                 source=f"{path.name}#{int(index)}",
             )
 
+    iterate.num_records = len(kept)  # type: ignore[attr-defined]  # the shard progress line's total
     return iterate

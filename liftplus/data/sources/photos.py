@@ -145,4 +145,5 @@ def photo_split(
             entries, split, data.max_short_side, data.on_decode_error, skipped, max_pixels=data.max_pixels
         )
 
+    iterate.num_records = len(entries)  # type: ignore[attr-defined]  # the shard progress line's total
     return iterate
