@@ -11,7 +11,11 @@ checking hashes, params and the lock file costs.
 
 With ``--quick`` the full demo is skipped: the same pipeline runs on a small
 copy of Fashion-MNIST (the first 2,000 train and 500 test images, still IR 100) and only
-``quick_demo_repro_seconds`` and ``noop_repro_seconds`` are reported.
+``quick_demo_repro_seconds``, ``noop_repro_seconds`` and ``flow_noop_seconds`` are reported.
+
+``flow_noop_seconds`` is the same no-op through Prefect, ``python -m flows.pipeline``
+with no server configured (its temporary API), timed on its second run (the first
+one creates Prefect's database under the scratch folder).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -38,6 +43,7 @@ FIGURES = {
     "demo_repro_seconds": "`dvc repro` of the embedded default (Fashion-MNIST IR 100, tiny ViT, 5 epochs), all stages, s",
     "demo_repro_cpu_seconds": "CPU time (user + system) of every process that demo run started, s",
     "noop_repro_seconds": "a second `dvc repro` with nothing changed (every stage skipped), s",
+    "flow_noop_seconds": "`python -m flows.pipeline` with nothing changed (temporary Prefect API), s",
     "quick_demo_repro_seconds": "--quick: `dvc repro` on a 2,000 + 500 image Fashion-MNIST subset, s",
     **{f"demo_stage_{stage}_seconds": f"the demo's `{stage}` stage, timed from DVC's announcements, s"
        for stage in ("shard", "validate", "init_head", "train", "evaluate", "register")},
@@ -123,6 +129,21 @@ def dvc_repro(project: Path, log: Path) -> tuple[float, float, dict[str, float],
     return ended - started, _children_cpu_seconds() - cpu_before, stages, output
 
 
+def flow_noop(project: Path, prefect_home: Path) -> float:
+    """Wall seconds of a no-op ``python -m flows.pipeline`` in ``project`` (after one warm-up run)."""
+    env = offline_env(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")
+    env.pop("PREFECT_API_URL", None)
+    command = [sys.executable, "-m", "flows.pipeline"]
+    seconds = 0.0
+    for _ in range(2):
+        started = time.perf_counter()
+        result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+        seconds = time.perf_counter() - started
+        if result.returncode != 0 or "stages run: none, all up to date" not in result.stderr + result.stdout:
+            raise RuntimeError(f"no-op flow in {project} exited {result.returncode}:\n{result.stderr[-1500:]}")
+    return seconds
+
+
 def run(ctx: BenchContext) -> dict[str, float]:
     root = ctx.workdir / "repro"
     shutil.rmtree(root, ignore_errors=True)
@@ -135,10 +156,13 @@ def run(ctx: BenchContext) -> dict[str, float]:
     if noop_stages:
         raise RuntimeError(f"the second dvc repro ran stage(s) {', '.join(noop_stages)}:\n{output[-1500:]}")
     ctx.log(f"no-op dvc repro: {noop_seconds:.1f} s")
+    flow_seconds = flow_noop(project, root / "prefect-home")
+    ctx.log(f"no-op python -m flows.pipeline: {flow_seconds:.1f} s")
 
     if ctx.quick:
-        return {"quick_demo_repro_seconds": seconds, "noop_repro_seconds": noop_seconds}
+        return {"quick_demo_repro_seconds": seconds, "noop_repro_seconds": noop_seconds,
+                "flow_noop_seconds": flow_seconds}
     figures = {"demo_repro_seconds": seconds, "demo_repro_cpu_seconds": cpu_seconds,
-               "noop_repro_seconds": noop_seconds}
+               "noop_repro_seconds": noop_seconds, "flow_noop_seconds": flow_seconds}
     figures.update({f"demo_stage_{name}_seconds": stage_seconds for name, stage_seconds in stages.items()})
     return figures

@@ -16,9 +16,10 @@ import os
 import re
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 STAGE_ERROR_PREFIX = "error: "
 """How a liftplus stage reports a problem the user must fix (``liftplus.errors.exit_on_error``)."""
@@ -56,7 +57,11 @@ RESTORED = "restored from run cache"
 
 
 class DvcCommandFailed(RuntimeError):
-    """A DVC command exited non-zero; ``transient`` says whether retrying may help."""
+    """A DVC command exited non-zero; ``transient`` says whether retrying may help.
+
+    ``message`` is one line; for a stage that reported bad input it is the
+    stage's own ``error: ...`` line, unchanged.
+    """
 
     def __init__(self, command: Sequence[str], returncode: int, message: str, transient: bool):
         self.command = tuple(command)
@@ -64,6 +69,48 @@ class DvcCommandFailed(RuntimeError):
         self.message = message
         self.transient = transient
         super().__init__(message)
+
+    def __reduce__(self):  # Prefect may copy a failed state's data
+        return type(self), (self.command, self.returncode, self.message, self.transient)
+
+
+def error_line(failure: BaseException) -> str:
+    """A failure as the one line the project prints for it: ``error: ...``."""
+    message = getattr(failure, "message", None) or str(failure)
+    return message if message.startswith(STAGE_ERROR_PREFIX) else STAGE_ERROR_PREFIX + message
+
+
+def failed_state(failure: BaseException, message: str | None = None) -> Any:
+    """A Prefect ``Failed`` state whose result re-raises ``failure``: a task or flow returns
+    it instead of raising, so Prefect logs no traceback for a failure we expected and
+    already explained. Its message is ``message``, by default the failure's one line."""
+    from prefect.states import Failed
+
+    return Failed(message=message or error_line(failure), data=failure)
+
+
+class QuietExpectedFailures(logging.Filter):
+    """Drop the traceback Prefect attaches to its log line about an expected failure.
+
+    Prefect's engines log "Task run failed with ..." and "Encountered exception
+    during execution" with ``exc_info``; for a :class:`DvcCommandFailed` (its
+    one line is the whole story) or a returned Failed state (no exception at all,
+    which would print ``NoneType: None``) the line stays and the traceback goes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and (record.exc_info[1] is None or isinstance(record.exc_info[1], DvcCommandFailed)):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_expected_failures(loggers: Iterable[str] = ("prefect.task_runs", "prefect.flow_runs")) -> None:
+    """Install :class:`QuietExpectedFailures` on Prefect's run loggers (once)."""
+    for name in loggers:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, QuietExpectedFailures) for f in logger.filters):
+            logger.addFilter(QuietExpectedFailures())
 
 
 @dataclass(frozen=True)
@@ -142,14 +189,63 @@ def run_dvc(args: Sequence[str], repo: str | Path = ".", *, merge_stderr: bool =
         diagnostics = stderr
     if returncode != 0:
         failure = classify_failure(returncode, diagnostics, shown)
-        logger.error(
-            "%s failed (%s): %s",
-            shown,
-            "transient, may be retried" if failure.transient else "not retried",
-            failure.message,
-        )
+        if failure.transient:
+            logger.error("%s failed (transient, may be retried): %s", shown, failure.message)
+        else:  # its one line is already in the log, as the stage or DVC printed it
+            logger.error("%s failed, not retried", shown)
         raise failure
     return DvcResult(tuple(command), returncode, output)
+
+
+@contextmanager
+def dvc_api(repo: str | Path, what: str) -> Iterator[Any]:
+    """DVC's Python API (``dvc.repo.Repo``) on ``repo``, for ``what`` (named in a failure).
+
+    Structured answers instead of DVC's human-readable output, and no process to
+    start. DVC's lock held by another process is a transient failure; any other
+    DVC error (an invalid dvc.yaml, say) is permanent.
+    """
+    from dvc.exceptions import DvcException
+    from dvc.lock import LockError
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(repo)) as opened:
+            yield opened
+    except LockError:
+        raise lock_held_failure(f"dvc {what}") from None
+    except DvcException as exc:
+        raise DvcCommandFailed(("dvc", what), 1, f"dvc {what}: {exc}", False) from None
+
+
+def _stage_key(stage: Any) -> str:
+    return getattr(stage, "name", None) or str(stage.addressing)
+
+
+def stale_stages(repo: str | Path) -> dict[str, list[str]]:
+    """``{stage: [stages among it and its upstream that are not up to date]}`` for every stage.
+
+    One ``dvc status`` over the whole project, through DVC's API: a stage whose
+    list is empty is up to date and ``dvc repro`` on it would do nothing. A
+    stage's own status misses a change still upstream (train looks clean until
+    shard has rerun), hence the upstream stages in each list.
+    """
+    import networkx as nx
+
+    with dvc_api(repo, "status") as dvc_repo:
+        changed = set(dvc_repo.status())
+        graph = dvc_repo.index.graph
+        stale = {stage for stage in graph.nodes if stage.addressing in changed}
+        return {
+            _stage_key(stage): sorted(_stage_key(s) for s in ({stage} | nx.descendants(graph, stage)) if s in stale)
+            for stage in graph.nodes
+        }
+
+
+def workspace_metrics(repo: str | Path) -> dict[str, Any]:
+    """The workspace's metrics as ``{"file:key": value}`` (``dvc metrics show``, through DVC's API)."""
+    with dvc_api(repo, "metrics show") as dvc_repo:
+        return flatten_metrics((dvc_repo.metrics.show().get("") or {}).get("data"))
 
 
 def run_dvc_json(args: Sequence[str], repo: str | Path = ".") -> Any:
@@ -167,6 +263,11 @@ def _log_line(logger: logging.Logger | logging.LoggerAdapter, line: str) -> None
         logger.error("%s", line)
     elif line.strip():
         logger.info("%s", line)
+
+
+def lock_held_failure(command: str, returncode: int = 1) -> DvcCommandFailed:
+    """DVC's repo lock is held by another process (a second ``dvc repro``): worth a retry."""
+    return DvcCommandFailed(command.split(), returncode, f"{command}: the DVC lock is held by another process", True)
 
 
 def classify_failure(returncode: int, output: str, command: str = "dvc") -> DvcCommandFailed:
@@ -191,7 +292,7 @@ def classify_failure(returncode: int, output: str, command: str = "dvc") -> DvcC
         return DvcCommandFailed(command.split(), returncode, message, transient)
 
     if LOCK_HELD in output:
-        return failure(f"{command}: the DVC lock is held by another process", True)
+        return lock_held_failure(command, returncode)
     killed = returncode < 0 or (stage_exit is not None and (stage_exit < 0 or stage_exit > 128))
     if killed:
         code = stage_exit if stage_exit is not None else returncode
@@ -200,7 +301,7 @@ def classify_failure(returncode: int, output: str, command: str = "dvc") -> DvcC
     if transient_text:
         return failure(f"{where} failed with an I/O error: {transient_text.group(0).strip()}", True)
     if stage_errors and stage_exit in (1, None):
-        return failure(f"{where} failed: {stage_errors[0]}", False)
+        return failure(stage_errors[0], False)
     if stage_exit is None:
         return failure(f"{command} failed: {last_words}", False)
     return failure(f"{where} failed (exit status {stage_exit}): {last_words}", True)

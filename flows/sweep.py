@@ -7,16 +7,22 @@ from ``dvc exp show --json``, so the sweep compares exactly what ``dvc exp show`
 lists; nothing in the workspace changes. ``dvc exp apply <best>`` brings the
 winner into the workspace.
 
-A metric is named ``FILE:KEY`` as DVC shows it (``data/metrics/eval.json:accuracy``,
+A metric is named ``FILE:KEY`` as DVC shows it (``data/metrics/eval.json:test.acc``,
 nested keys with dots), or by its bare KEY when only one metrics file has it.
+
+The table shows every point's overall, mean per-class and many/medium/few
+accuracy (:func:`flows.report.eval_headline`), and the ranking metric when it is
+another one; ``python -m flows.sweep`` ends by printing it.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,6 +34,7 @@ from rich.table import Table
 
 from flows.dvc_tasks import (
     DvcCommandFailed,
+    error_line,
     experiment_names,
     flatten_metrics,
     retry_if_transient,
@@ -36,9 +43,10 @@ from flows.dvc_tasks import (
     run_logger,
     set_param_args,
 )
+from flows.report import ACCURACY_LABELS, accuracy_cell, cell, end_with, eval_headline, eval_metric_name
 
 DEFAULT_GRID: dict[str, list[Any]] = {"train.lr": [0.01, 0.02], "train.loss": ["la", "ce"]}
-DEFAULT_METRIC = "data/metrics/eval.json:accuracy"
+DEFAULT_METRIC = "data/metrics/eval.json:test.acc"
 SWEEP_ARTIFACT_KEY = "liftplus-sweep"
 PARAMS_FILE = "params.yaml"
 
@@ -88,15 +96,17 @@ def experiment_rows(
             status = ((experiment.get("executor") or {}).get("state")) or "success"
             for rev in experiment.get("revs") or []:
                 data = rev.get("data") or {}
+                headline = eval_headline(flatten_metrics(data.get("metrics")))
                 found[rev.get("name") or experiment.get("name")] = {
                     "name": rev.get("name") or experiment.get("name"),
                     "rev": rev.get("rev"),
                     "status": "failed" if rev.get("error") else status,
                     "params": {key: param_value(data.get("params"), key) for key in keys},
                     "metric": metric_value(data.get("metrics"), metric),
+                    "accuracy": {label: headline[label] for label in ACCURACY_LABELS},
                 }
-    return [found.get(name) or {"name": name, "rev": None, "status": "missing",
-                                "params": {}, "metric": None} for name in names]
+    return [found.get(name) or {"name": name, "rev": None, "status": "missing", "params": {},
+                                "metric": None, "accuracy": dict.fromkeys(ACCURACY_LABELS)} for name in names]
 
 
 def pick_best(rows: list[dict[str, Any]], maximize: bool = True) -> Optional[dict[str, Any]]:
@@ -109,47 +119,61 @@ def pick_best(rows: list[dict[str, Any]], maximize: bool = True) -> Optional[dic
     return max(scored, key=key)
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+def metric_is_headline(metric: str) -> bool:
+    """Whether ``metric`` is one of the accuracy columns already (then it gets no column of its own)."""
+    return any(metric in (eval_metric_name(label), eval_metric_name(label).partition(":")[2])
+               for label in ACCURACY_LABELS)
+
+
+def table_columns(keys: list[str], metric: str) -> list[str]:
+    """experiment, status, the swept params, the accuracies, and the ranking metric if it is another."""
+    extra = [] if metric_is_headline(metric) else [metric]
+    return ["experiment", "status", *keys, *(f"{label} %" for label in ACCURACY_LABELS), *extra]
+
+
+def row_cells(row: dict[str, Any], keys: list[str], metric: str, best: Optional[dict]) -> list[str]:
+    mark = " ★" if best is not None and row["name"] == best["name"] else ""
+    accuracies = [accuracy_cell(row["accuracy"].get(label)) for label in ACCURACY_LABELS]
+    extra = [] if metric_is_headline(metric) else [cell(row["metric"])]
+    return [f"{row['name']}{mark}", row["status"], *(cell(row["params"].get(k)) for k in keys), *accuracies, *extra]
+
+
+def best_line(metric: str, best: Optional[dict], maximize: bool) -> str:
+    goal = "highest" if maximize else "lowest"
+    if best is None:
+        return f"No experiment produced `{metric}`."
+    return f"Best ({goal} `{metric}`): **{best['name']}** = {cell(best['metric'])}"
 
 
 def sweep_markdown(
     rows: list[dict[str, Any]], keys: list[str], metric: str, best: Optional[dict], maximize: bool
 ) -> str:
-    goal = "highest" if maximize else "lowest"
+    columns = table_columns(keys, metric)
     lines = [
-        "# liftplus sweep",
-        "",
-        f"Best ({goal} `{metric}`): **{best['name']}** = {_cell(best['metric'])}" if best
-        else f"No experiment produced `{metric}`.",
-        "",
-        "| experiment | status | " + " | ".join(keys) + f" | {metric} |",
-        "|---|---|" + "---|" * len(keys) + "---:|",
+        "# liftplus sweep", "", best_line(metric, best, maximize), "",
+        "| " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(keys) + "---:|" * (len(columns) - 2 - len(keys)),
     ]
-    for row in rows:
-        mark = " ★" if best is not None and row["name"] == best["name"] else ""
-        params = [_cell(row["params"].get(key)) for key in keys]
-        cells = [f"{row['name']}{mark}", row["status"], *params, _cell(row["metric"])]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(row_cells(row, keys, metric, best)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def sweep_table(rows: list[dict[str, Any]], keys: list[str], metric: str, best: Optional[dict]) -> Table:
-    table = Table(title="liftplus sweep")
-    for column in ("experiment", "status", *keys):
-        table.add_column(column)
-    table.add_column(metric, justify="right")
+def sweep_table(rows: list[dict[str, Any]], keys: list[str], metric: str, best: Optional[dict],
+                maximize: bool = True) -> Table:
+    table = Table(title="liftplus sweep", caption=best_line(metric, best, maximize).replace("**", ""))
+    for column in table_columns(keys, metric):
+        table.add_column(column, justify="left" if column in ("experiment", "status", *keys) else "right")
     for row in rows:
         is_best = best is not None and row["name"] == best["name"]
-        table.add_row(
-            row["name"], row["status"], *(_cell(row["params"].get(k)) for k in keys), _cell(row["metric"]),
-            style="bold green" if is_best else None,
-        )
+        table.add_row(*row_cells(row, keys, metric, best), style="bold green" if is_best else None)
     return table
+
+
+def table_text(table: Table) -> str:
+    """The table as plain text, wide enough not to cut a column."""
+    buffer = io.StringIO()
+    Console(file=buffer, width=240, color_system=None).print(table)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
 
 
 @task(task_run_name="dvc-exp-queue", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
@@ -212,7 +236,6 @@ def liftplus_sweep(
     rows = collect_results(names, keys, metric, baseline, root)
     best = pick_best(rows, maximize)
 
-    Console().print(sweep_table(rows, keys, metric, best))
     create_markdown_artifact(
         markdown=sweep_markdown(rows, keys, metric, best, maximize),
         key=SWEEP_ARTIFACT_KEY,
@@ -225,7 +248,8 @@ def liftplus_sweep(
         raise RuntimeError(f"no experiment of the sweep produced the metric '{metric}'")
     logger.info("best experiment: %s (%s = %s); `dvc exp apply %s` brings it into the workspace",
                 best["name"], metric, best["metric"], best["name"])
-    return {"best": best["name"], "metric": metric, "value": best["metric"], "experiments": rows}
+    return {"best": best["name"], "metric": metric, "value": best["metric"], "experiments": rows,
+            "table": table_text(sweep_table(rows, keys, metric, best, maximize))}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -238,10 +262,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repo", default=".")
     args = parser.parse_args(argv)
     try:
-        liftplus_sweep(grid=args.grid, metric=args.metric, maximize=not args.minimize,
-                       jobs=args.jobs, repo=args.repo)
+        result = liftplus_sweep(grid=args.grid, metric=args.metric, maximize=not args.minimize,
+                                jobs=args.jobs, repo=args.repo)
     except (DvcCommandFailed, ValueError, RuntimeError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+        end_with([error_line(exc)], sys.stderr)
+        raise SystemExit(1) from None
+    end_with(result["table"].splitlines())
 
 
 if __name__ == "__main__":

@@ -120,11 +120,11 @@ class TrainParams(_Section):
     )
     prefetch: int = Field(4, gt=0, description="batches in flight per worker")
     persistent_workers: bool = True
-    validation: Literal["auto", "val", "holdout", "off"] = Field(
+    validation: Literal["auto", "val", "holdout", "none"] = Field(
         "auto",
         description="score each epoch on: auto: the shards' val split if they have one, else nothing; "
         "val: that split (required); holdout: val_fraction of each class's training images, "
-        "then left out of training (this changes the training set); off: nothing",
+        "then left out of training (this changes the training set); none: nothing",
     )
     val_fraction: float = Field(0.1, gt=0, lt=1, description="validation holdout: share of each class held out")
     keep: Literal["last", "best"] = Field(
@@ -141,8 +141,8 @@ class TrainParams(_Section):
 
     @model_validator(mode="after")
     def _best_needs_validation(self) -> "TrainParams":
-        if self.keep == "best" and self.validation == "off":
-            raise ValueError("keep 'best' needs validation to pick the best epoch by, but validation is 'off'")
+        if self.keep == "best" and self.validation == "none":
+            raise ValueError("keep 'best' needs validation to pick the best epoch by, but validation is 'none'")
         return self
 
 

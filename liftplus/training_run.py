@@ -63,7 +63,7 @@ def resolved_validation(train: TrainParams, manifest: dict) -> str:
     ``val`` asked for shards without a val split is an error, not a silent run without validation."""
     has_val = manifest["splits"].get("val", {}).get("num_samples", 0) > 0
     if train.validation == "auto":
-        return "val" if has_val else "off"
+        return "val" if has_val else "none"
     if train.validation == "val" and not has_val:
         raise DataError("train.validation is 'val' but the shards have no val split with samples "
                         "(set it to holdout, auto or off)")
@@ -112,7 +112,7 @@ def prepare_training(
     dataset = ShardIndex(train_shards, transform, num_classes=num_classes, seed=train.seed)
     how = resolved_validation(train, manifest)
     validation, samples = None, None
-    if how != "off":
+    if how != "none":
         eval_transform = eval_input(hand_off, pre.image_size, pre.mean, pre.std)
         validation, samples = validation_samples(how, train, manifest, shard_dir, dataset, eval_transform)
 
@@ -171,7 +171,7 @@ def class_counts(dataset: ShardIndex, samples: Sequence[int], num_classes: int) 
 
 def validation_fingerprint(how: str, train: TrainParams, manifest: dict) -> Optional[dict]:
     """What the validation of a run depends on: its mode and its samples."""
-    if how == "off":
+    if how == "none":
         return None
     if how == "holdout":
         return {"holdout": train.val_fraction}

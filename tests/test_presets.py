@@ -103,6 +103,8 @@ OUR_KNOBS = {
     "train.method": "lift+",  # -m lift+
     "train.compile": False,  # eager, as the reference
     "train.resize": "pil",  # torchvision's PIL resize, as the reference's transforms
+    "train.validation": "none",  # trainer.py trains on every training image and never validates
+    "train.keep": "last",  # and keeps the last epoch's weights
 }
 
 

@@ -133,7 +133,7 @@ def test_keep_best_without_validation_is_refused(shards, tmp_path):
     with pytest.raises(TrainingError, match="keep is 'best' but the run has no validation"):
         train(shards, tmp_path / "state.pt", validate=False, keep="best")
     with pytest.raises(ValueError, match="keep 'best' needs validation"):
-        TrainParams(keep="best", validation="off")
+        TrainParams(keep="best", validation="none")
 
 
 def test_resumed_runs_keep_the_same_best_epoch(shards, validated, tmp_path):
@@ -199,7 +199,8 @@ def project(tmp_path_factory):
         tree = image_tree(root / f"raw-{name}", with_val)
         params = write_params(root / f"params-{name}.yaml",
                               data={"source": "imagefolder", "root": str(tree), "imbalance_ratio": 1},
-                              train={"epochs": EPOCHS, "batch_size": 8, "micro_batch": 4, "workers": 0})
+                              train={"epochs": EPOCHS, "batch_size": 8, "micro_batch": 4, "workers": 0,
+                                     "validation": "auto"})  # the schema's default; the demo's params say holdout
         done = invoke("shard", "--params", params, "--out", root / name)
         assert done.code == 0, done.stderr
         out[name] = (params, root / name)
@@ -276,7 +277,7 @@ def test_stage_keep_best_writes_the_best_epochs_weights(project, default_run):
 def test_stage_default_without_val_split_trains_as_before(project):
     """No val split: the default trains and writes exactly what a run with validation off does."""
     default = run_train(project, "no_val", "no-val-default")
-    off = run_train(project, "no_val", "no-val-off", validation="off")
+    off = run_train(project, "no_val", "no-val-off", validation="none")
     assert_bitwise_equal(weights(default / "adapter.pt"), weights(off / "adapter.pt"))
     assert "no validation" in (default / "stdout.txt").read_text()
     assert set(json.loads((default / "live" / "metrics.json").read_text())) == {"fit", "step"}
@@ -296,7 +297,7 @@ def test_holdout_leaves_its_slice_out_of_training(project):
             progress=False, validation=run.validation, samples=run.samples)
         return counter.samples, run
 
-    all_images, off = images_per_epoch("off")
+    all_images, off = images_per_epoch("none")
     kept_images, holdout = images_per_epoch("holdout")
     held = holdout.validation.subset
     assert all_images == sum(TRAIN_COUNTS) and off.validation is None
@@ -308,7 +309,7 @@ def test_holdout_leaves_its_slice_out_of_training(project):
 
 def test_val_asked_for_shards_without_a_val_split_is_an_error(project):
     manifest = json.loads((project["no_val"][1] / "manifest.json").read_text())
-    assert resolved_validation(TrainParams(), manifest) == "off"
+    assert resolved_validation(TrainParams(), manifest) == "none"
     assert resolved_validation(TrainParams(validation="holdout"), manifest) == "holdout"
     with pytest.raises(DataError, match="train.validation is 'val' but the shards have no val split"):
         resolved_validation(TrainParams(validation="val"), manifest)

@@ -14,7 +14,7 @@ import yaml
 FAKE_STAGE = Path(__file__).with_name("fake_stage.py")
 STAGE_OUTS = {
     "shard": ["data/shards/manifest.json"],
-    "validate": ["data/stats/longtail.json"],
+    "validate": [],
     "init_head": ["data/head/text_init.pt"],
     "train": ["data/model/adapter.pt"],
     "evaluate": [],
@@ -32,12 +32,13 @@ STAGE_PARAMS = {
     "shard": ["data.seed"],
     "validate": ["fake.fail_validate"],
     "train": ["train.lr", "train.loss", "fake.flaky_train"],
-    "evaluate": ["train.lr", "train.loss"],
+    "evaluate": ["train.lr", "train.loss", "evaluate.tte"],
     "register": ["register"],
 }
 FAKE_PARAMS = {
     "data": {"seed": 0},
     "train": {"lr": 0.02, "loss": "la"},
+    "evaluate": {"tte": True},
     "register": {"name": "fake-classifier", "min_accuracy": 0, "stage": "staging"},
     "fake": {"fail_validate": False, "flaky_train": False},
 }
@@ -79,8 +80,11 @@ def fake_dvc_yaml() -> dict:
             spec["params"] = STAGE_PARAMS[stage]
         if outs:
             spec["outs"] = outs
+        if stage == "validate":
+            spec["metrics"] = [{"data/stats/longtail.json": {"cache": False}}]
         if stage == "evaluate":
             spec["metrics"] = [{"data/metrics/eval.json": {"cache": False}}]
+            spec["plots"] = [{"data/metrics/per_class.csv": {"cache": False, "x": "train_count", "y": "accuracy"}}]
         stages[stage] = spec
     return {"stages": stages}
 
@@ -98,6 +102,7 @@ def make_fake_project(repo: Path) -> Path:
     shutil.copy(FAKE_STAGE, repo / "fake_stage.py")
     write_params(repo)
     (repo / "dvc.yaml").write_text(yaml.safe_dump(fake_dvc_yaml(), sort_keys=False))
+    (repo / ".gitignore").write_text("/dvc_plots/\n")
     commit_all(repo, "fake project")
     return repo
 

@@ -23,9 +23,7 @@ ERROR: failed to reproduce 'validate': failed to run: python -m stages.validate,
 def test_stage_error_line_is_permanent_and_kept_whole():
     failure = classify_failure(1, VALIDATION_FAILURE, "dvc repro validate")
     assert not failure.transient
-    assert str(failure) == (
-        "stage 'validate' failed: error: validate: split 'train' has 3 classes, manifest says 10"
-    )
+    assert str(failure) == "error: validate: split 'train' has 3 classes, manifest says 10"
 
 
 @pytest.mark.parametrize(

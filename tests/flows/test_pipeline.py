@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,10 +15,11 @@ from prefect.client.orchestration import get_client
 
 from fakeproject import dvc, stage_calls, write_params
 from flows import dvc_tasks
-from flows.dvc_tasks import DvcCommandFailed, classify_failure
+from flows.dvc_tasks import DvcCommandFailed, lock_held_failure
 from flows.pipeline import STAGES, liftplus_pipeline
 
 pytestmark = pytest.mark.slow
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 NO_WAIT = {"retry_delay_seconds": [0]}
 
 
@@ -25,16 +30,13 @@ def test_runs_every_stage_then_reports_all_up_to_date(prefect_api, fake_project)
     lock = yaml.safe_load((fake_project / "dvc.lock").read_text())
     assert sorted(lock["stages"]) == sorted(STAGES)
     # lr 0.02, la: 90 - 1000 * 0.01 = 80
-    assert first["metrics"]["data/metrics/eval.json:accuracy"] == pytest.approx(80.0)
+    assert first["metrics"]["data/metrics/eval.json:test.acc"] == pytest.approx(80.0)
 
     second = liftplus_pipeline(repo=str(fake_project), **NO_WAIT)
     assert second["stages"] == {stage: "up to date" for stage in STAGES}
     assert stage_calls() == list(STAGES), "nothing may run a second time"
 
-    with get_client(sync_client=True) as client:
-        artifact = client.read_latest_artifacts(limit=50)
-    markdown = next(a for a in artifact if a.key == "liftplus-metrics").data
-    assert "| accuracy | 80 |" in markdown
+    markdown = latest_artifact("liftplus-metrics")
     assert "| register | up to date |" in markdown
 
     # A changed param: asking for evaluate alone brings train up to date first; shard stays.
@@ -42,7 +44,67 @@ def test_runs_every_stage_then_reports_all_up_to_date(prefect_api, fake_project)
     third = liftplus_pipeline(stages=["evaluate"], repo=str(fake_project), **NO_WAIT)
     assert third["stages"] == {"evaluate": "ran", "train": "ran"}
     assert stage_calls() == [*STAGES, "train", "evaluate"]
-    assert third["metrics"]["data/metrics/eval.json:accuracy"] == pytest.approx(90.0)
+    assert third["metrics"]["data/metrics/eval.json:test.acc"] == pytest.approx(90.0)
+
+
+def latest_artifact(key: str) -> str:
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_latest_artifacts(limit=50)
+    return next(a for a in artifacts if a.key == key).data
+
+
+def sections(markdown: str) -> list[str]:
+    return [line for line in markdown.splitlines() if line.startswith("#")]
+
+
+def test_metrics_artifact_leads_with_the_evaluation_then_data_then_plots(prefect_api, fake_project):
+    liftplus_pipeline(repo=str(fake_project), **NO_WAIT)
+    markdown = latest_artifact("liftplus-metrics")
+    assert sections(markdown) == ["# liftplus pipeline: workspace", "## Evaluation", "## Data", "## Plots",
+                                  "## Stages", "## All metrics"]
+    evaluation = json.loads((fake_project / "data/metrics/eval.json").read_text())
+    assert evaluation == {"test": {"acc": 80.0, "acc_mean_class": 78.75, "acc_many": 82.5, "acc_medium": 75.25,
+                                   "acc_few": 69.5}, "tte": True}
+    assert ("| accuracy (%) | value |\n|---|---:|\n| overall | 80.00 |\n| mean per class | 78.75 |\n"
+            "| many | 82.50 |\n| medium | 75.25 |\n| few | 69.50 |\n\nTest-time ensembling (TTE): on\n") in markdown
+    stats = json.loads((fake_project / "data/stats/longtail.json").read_text())
+    data = markdown.split("## Data")[1].split("## Plots")[0]
+    assert [line for line in data.splitlines() if line.startswith("| ") and "statistic" not in line] == [
+        f"| dataset.{key} | {value:g} |" for key, value in stats["dataset"].items()]
+    page = fake_project / "dvc_plots" / "index.html"
+    assert page.is_file() and f"]({page.resolve().as_uri()})" in markdown.split("## Plots")[1]
+
+
+def test_up_to_date_pipeline_starts_no_dvc_process(prefect_api, fake_project, monkeypatch):
+    liftplus_pipeline(repo=str(fake_project), **NO_WAIT)
+    started = []
+    popen = subprocess.Popen
+    monkeypatch.setattr(dvc_tasks.subprocess, "Popen", lambda args, **kw: started.append(args) or popen(args, **kw))
+    again = liftplus_pipeline(repo=str(fake_project), **NO_WAIT)
+    assert again["stages"] == {stage: "up to date" for stage in STAGES}
+    assert again["metrics"]["data/metrics/eval.json:test.acc"] == pytest.approx(80.0)
+    assert started == [], "one in-process dvc status decided; no `dvc repro` per stage"
+
+
+def test_command_line_failure_ends_with_the_stage_error_line_and_no_traceback(fake_project, tmp_path):
+    write_params(fake_project, fake={"fail_validate": True})
+    env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+               PYTHONPATH=str(PROJECT_ROOT))
+    run = subprocess.run([sys.executable, "-m", "flows.pipeline", "--repo", str(fake_project)], cwd=PROJECT_ROOT,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    line = "error: validate: class 'sandal' has 0 training images, expected at least 1"
+    lines = run.stdout.splitlines()
+    assert run.returncode == 1, run.stdout
+    assert lines[-1] == line, run.stdout
+    assert "Traceback" not in run.stdout and "NoneType: None" not in run.stdout, run.stdout
+    assert lines.count(line) == 1, "the line itself is printed once, last"
+    mentions = [text for text in lines if line in text]
+    assert len(mentions) == 3 and mentions[0].endswith(f"Task run 'dvc-repro-validate' - {line}"), (
+        "besides the last line only the stage's own stderr line and the flow's final state hold it")
+    assert "| Flow run '" in mentions[1] and mentions[1].endswith(f" - Finished in state Failed({line!r})"), (
+        "the flow run's final state is the line")
+    assert stage_calls() == ["shard", "validate"]
 
 
 def test_transient_failure_is_retried(prefect_api, fake_project):
@@ -61,16 +123,16 @@ def test_dvc_lock_held_by_another_process_is_retried(prefect_api, fake_project, 
 
     def release_after_first_failure(*args, **kwargs):
         held.close()
-        failures.append(classify_failure(*args, **kwargs))
+        failures.append(lock_held_failure(*args, **kwargs))
         return failures[-1]
 
-    monkeypatch.setattr(dvc_tasks, "classify_failure", release_after_first_failure)
+    monkeypatch.setattr(dvc_tasks, "lock_held_failure", release_after_first_failure)
     try:
         result = liftplus_pipeline(stages=["shard"], repo=str(fake_project), **NO_WAIT)
     finally:
         held.close()
     assert [(f.transient, str(f)) for f in failures] == [
-        (True, "dvc repro shard: the DVC lock is held by another process")]
+        (True, "dvc status: the DVC lock is held by another process")]
     assert result["stages"] == {"shard": "ran"}
     assert stage_calls() == ["shard"]
 
@@ -87,6 +149,7 @@ def test_validation_failure_stops_without_retries_and_shows_its_message(prefect_
     write_params(fake_project, fake={"fail_validate": True})
     state = liftplus_pipeline(repo=str(fake_project), return_state=True, **NO_WAIT)
     assert state.is_failed()
+    assert state.message == "error: validate: class 'sandal' has 0 training images, expected at least 1"
     with pytest.raises(DvcCommandFailed) as failure:
         state.result()
     message = str(failure.value)
@@ -103,7 +166,7 @@ def test_set_params_runs_an_experiment_and_leaves_params_yaml_alone(prefect_api,
     assert result["experiment"]
     assert (fake_project / "params.yaml").read_text() == params_before
     assert not (fake_project / "dvc.lock").exists(), "the workspace pipeline was not touched"
-    assert result["metrics"]["data/metrics/eval.json:accuracy"] == pytest.approx(95.0)
+    assert result["metrics"]["data/metrics/eval.json:test.acc"] == pytest.approx(95.0)
 
     shown = json.loads(dvc(fake_project, "exp", "show", "--json").stdout)
     experiments = {
@@ -113,6 +176,12 @@ def test_set_params_runs_an_experiment_and_leaves_params_yaml_alone(prefect_api,
         for rev in exp["revs"]
     }
     assert experiments[result["experiment"]] == {"lr": 0.01, "loss": "ce"}
+
+    markdown = latest_artifact("liftplus-metrics")
+    assert sections(markdown)[0] == f"# liftplus pipeline: experiment `{result['experiment']}`"
+    assert "| overall | 95.00 |" in markdown and "| few | 84.50 |" in markdown
+    page = fake_project / "dvc_plots" / "experiments" / result["experiment"] / "index.html"
+    assert page.is_file() and f"]({page.resolve().as_uri()})" in markdown, "the experiment's own plots page"
 
 
 def test_unknown_stage_is_refused_before_anything_runs(prefect_api, fake_project):
