@@ -7,12 +7,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Nothing phones home; Prefect keeps its state in the project.
-export DO_NOT_TRACK := 1
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Nothing phones home (the switches: liftplus/offline.env); Prefect keeps its state in the project.
+include liftplus/offline.env
+export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' liftplus/offline.env)
 export PREFECT_HOME := $(CURDIR)/.prefect
-export GX_ANALYTICS_ENABLED := false
-export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz

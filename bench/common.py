@@ -13,15 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from liftplus import offline
+
 REPO = Path(__file__).resolve().parents[1]
 RESULT_PREFIX = "BENCH_RESULT "
-OFFLINE_ENV = {
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "GX_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-    "TQDM_DISABLE": "1",
-}
 
 
 @dataclass
@@ -40,8 +35,9 @@ class BenchContext:
 
 
 def offline_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OFFLINE_ENV)
+    """This process's environment, offline (liftplus.offline), quiet (no progress bars), with
+    this interpreter's scripts first on PATH and the repository importable; then ``extra``."""
+    env = offline.environment(TQDM_DISABLE="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.update(extra)

@@ -11,18 +11,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from liftplus import offline
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-OFFLINE_DEFAULTS = {
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+PREFECT_DEFAULTS = {
     "PREFECT_HOME": str(PROJECT_ROOT / ".prefect"),
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "false",
     # The temporary API a flow starts when no server is configured migrates its
     # database on first use; Prefect's 20 s default is too short on 2 busy cores.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
-for _name, _value in OFFLINE_DEFAULTS.items():
+offline.apply()
+for _name, _value in PREFECT_DEFAULTS.items():
     os.environ.setdefault(_name, _value)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from liftplus import offline
+
 STAGE_ERROR_PREFIX = "error: "
 """How a liftplus stage reports a problem the user must fix (``liftplus.errors.exit_on_error``)."""
 
@@ -139,11 +141,9 @@ def dvc_env() -> dict[str, str]:
     ``python -m stages.x`` uses this virtual environment even when it was not
     activated (as under a Prefect worker).
     """
-    env = dict(os.environ)
+    env = offline.environment(PYTHONUNBUFFERED="1")
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 

@@ -4,10 +4,9 @@ import os
 
 import pytest
 
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+from liftplus import offline
+
+offline.apply()
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 

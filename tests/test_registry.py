@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from bench.common import offline_env
 from liftplus.commands.models import models
 from liftplus.errors import CheckpointError, DataError, GateFailed, LiftplusError
 from liftplus.params import RegisterParams
@@ -107,13 +107,7 @@ save_checkpoint("data/model/adapter.pt", build_model(ModelConfig(num_classes=3))
 
 
 def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(
-        os.environ,
-        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-        PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
-        DVC_NO_ANALYTICS="1",
-    )
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, env=offline_env(), capture_output=True, text=True)
     if check and result.returncode:
         raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
     return result

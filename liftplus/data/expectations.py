@@ -17,7 +17,6 @@ does not depend on who wrote or read the manifest.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import warnings
 from collections import Counter
@@ -27,6 +26,7 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
+from liftplus import offline
 from liftplus.data.manifest import MANIFEST_NAME, read_manifest, verify_checksums
 from liftplus.errors import DataError
 
@@ -229,7 +229,7 @@ class FrameChecks:
 
 def _import_gx():
     """great_expectations, offline and quiet (no analytics, no progress bars, no INFO logs)."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    offline.apply()
     import great_expectations as gx
 
     for name in list(logging.root.manager.loggerDict):

@@ -10,15 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from PIL import Image
 from webdataset import TarWriter
 
+from liftplus import offline
 from liftplus.data.expectations import build_checks, read_shard_facts, run_checks, sample_positions
 from liftplus.io import sha256_file
 from stages.validate import main as validate_main
@@ -111,7 +110,7 @@ def run_stage(root: Path, shard_dir: Path, capsys, **params) -> tuple[int, list[
 
 
 def stage_process(root: Path, shard_dir: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    env = offline.environment()
     return subprocess.run(
         [sys.executable, "-m", "stages.validate", "--params", str(write_params(root)),
          "--shards", str(shard_dir), "--out", str(root / "stats")],

@@ -13,15 +13,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 if str(PROJECT_ROOT) not in sys.path:  # `flows` is not an installed package
     sys.path.insert(0, str(PROJECT_ROOT))
 
+from liftplus import offline  # noqa: E402
+
 # Before anything imports prefect: offline, and no state outside temp dirs.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="liftplus-prefect-home-"))
-for _name, _value in {
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-    "PREFECT_LOGGING_LEVEL": "INFO",
-}.items():
-    os.environ.setdefault(_name, _value)
+offline.apply()
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
 import pytest
 
