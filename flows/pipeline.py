@@ -18,6 +18,8 @@ before, 9.9 s after (quiet machine, one run each; under load, medians of 6 runs:
 ~0.7 s (one status and the metrics through DVC's API, no process). What is left
 is Prefect's own: importing it (2-5 s), starting its temporary API server (4-8 s;
 none with ``PREFECT_API_URL`` set to a running server) and stopping it (~1-2 s).
+So ``python -m flows.pipeline`` with no server configured checks first and, when
+every stage is up to date, says so without starting a flow run (:func:`nothing_to_run`).
 
 With ``set_params`` the pipeline runs as ONE task, ``dvc exp run --temp -S
 key=value ...``: an experiment in a temporary copy of the repo, recorded as a
@@ -340,12 +342,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="rerun stages even if up to date")
     parser.add_argument("--repo", default=".", help="DVC project root (default: .)")
     args = parser.parse_args(argv)
+    set_params = _overrides(args.set_param) or None
     try:
-        liftplus_pipeline(stages=args.stages, set_params=_overrides(args.set_param) or None,
-                          force=args.force, repo=args.repo)
+        if not (set_params or args.force) and nothing_to_run(args.stages, args.repo):
+            print("pipeline: every stage is up to date (dvc status); no flow run started")
+            return
+        liftplus_pipeline(stages=args.stages, set_params=set_params, force=args.force, repo=args.repo)
     except EXPECTED_FAILURES as failure:
         end_with([error_line(failure)], sys.stderr)
         raise SystemExit(1) from None
+
+
+def nothing_to_run(stages: Optional[list[str]], repo: str) -> bool:
+    """From the command line with no Prefect server configured: whether every chosen stage is up to date.
+
+    Then starting Prefect's temporary API (4-8 s) would only record a run that does nothing, so
+    the command says so and stops: a no-op costs one status check. With a server (a deployment,
+    ``PREFECT_API_URL``) the flow always runs, and records its run and artifact.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return False
+    root = Path(repo).resolve()
+    stale = dvc_tasks.stale_stages(root)
+    return all(stale.get(stage) == [] for stage in selected_stages(stages, defined_stages(root)))
 
 
 if __name__ == "__main__":

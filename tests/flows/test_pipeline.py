@@ -107,6 +107,21 @@ def test_command_line_failure_ends_with_the_stage_error_line_and_no_traceback(fa
     assert stage_calls() == ["shard", "validate"]
 
 
+def test_command_line_no_op_starts_no_flow_run(prefect_api, fake_project, tmp_path):
+    """Everything up to date and no server configured: one status check, no temporary Prefect API."""
+    liftplus_pipeline(repo=str(fake_project), **NO_WAIT)
+    before = stage_calls()
+    env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(PROJECT_ROOT))
+    run = subprocess.run([sys.executable, "-m", "flows.pipeline", "--repo", str(fake_project)], cwd=PROJECT_ROOT,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout
+    assert run.stdout.splitlines()[-1] == "pipeline: every stage is up to date (dvc status); no flow run started"
+    assert "temporary server" not in run.stdout.lower() and "Flow run" not in run.stdout, run.stdout
+    assert stage_calls() == before
+    assert not (tmp_path / "prefect-home").exists() or not any((tmp_path / "prefect-home").rglob("*.db"))
+
+
 def test_transient_failure_is_retried(prefect_api, fake_project):
     write_params(fake_project, fake={"flaky_train": True})
     result = liftplus_pipeline(stages=["train"], repo=str(fake_project), **NO_WAIT)
