@@ -15,7 +15,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup run test bench dag plots
+.PHONY: setup run test test-fast lint bench dag plots
 setup: $(STAMP) $(FASHION_MNIST) .dvc/config .dvc/plots/offline.html
 	@dvc config core.analytics false && dvc config core.check_update false
 	@dvc config --local plots.html_template plots/offline.html
@@ -42,6 +42,14 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The fast lane: everything but the end-to-end, DDP, compile and bench-smoke tests.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: setup
 	$(BIN)/python -m bench

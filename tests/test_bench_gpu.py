@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from bench.common import REPO, offline_env
 from bench.gpu import REQUIRED, SMOKE_NOTE
 
@@ -14,6 +16,7 @@ HEAVY = ("dvc", "dvclive", "prefect", "great_expectations", "gto", "sklearn")
 """What a GPU machine may lack, so the bench must not import (checked in its arm processes too)."""
 
 
+@pytest.mark.slow
 def test_cpu_smoke_run_writes_positive_figures_and_says_so(tmp_path):
     out = tmp_path / "results.json"
     cmd = [sys.executable, "-X", "importtime", "-m", "bench.gpu", "--cpu-smoke",

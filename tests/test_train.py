@@ -359,6 +359,7 @@ def run_two_ranks(shards: list[Path], out: Path, stop_rank1_at_call: int | None 
 needs_fork = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
 
 
+@pytest.mark.slow
 @needs_fork
 def test_ddp_on_cpu_two_ranks_agree_and_match_one_process(shards, one_micro_batch_weights, tmp_path):
     """2 gloo ranks x micro-batch 8 make the same steps of 16 as one process with micro-batch 16.
@@ -378,6 +379,7 @@ def test_ddp_on_cpu_two_ranks_agree_and_match_one_process(shards, one_micro_batc
     assert_bitwise_equal(state["trainable"], trained[0])
 
 
+@pytest.mark.slow
 @needs_fork
 def test_ddp_stop_on_one_rank_stops_all_and_resumes_on_one_process(shards, reference, tmp_path):
     logs = run_two_ranks(shards, tmp_path, stop_rank1_at_call=2)
@@ -391,6 +393,7 @@ def test_ddp_stop_on_one_rank_stops_all_and_resumes_on_one_process(shards, refer
     assert max_difference(trainable_state(resumed), reference["weights"]) < 1e-5
 
 
+@pytest.mark.slow
 def test_compiled_step_gives_the_eager_loss(shards, reference, tmp_path):
     """``train.compile``: torch.compile (inductor, a C++ compiler on CPU) trains the same model."""
     model, logs = train(shards, tmp_path / "state.pt", compile=True, epochs=EPOCHS)
