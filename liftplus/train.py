@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from liftplus.code_closure import import_closure
 from liftplus.data.input_path import finish_batch
 from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
 from liftplus.errors import CheckpointError, TrainingError
@@ -144,16 +145,22 @@ def run_fingerprint(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def code_fingerprint() -> str:
-    """The digest of liftplus's own source: a saved state is resumed only by the code that wrote it.
+TRAINING_CODE = "liftplus/training_run.py"
+"""Where a training run is put together: its import closure is the code a resumed state must match."""
 
-    DVC reruns ``train`` when its code changes; without this the persisted state of
-    the same params would hand back the old code's weights as if just trained.
+
+def code_fingerprint() -> str:
+    """The digest of the code that trains: a saved state is resumed only by the code that wrote it.
+
+    DVC reruns ``train`` when its code changes; without this the saved state of the
+    same params would hand back the old code's weights as if just trained. Only the
+    files :data:`TRAINING_CODE` can import count, so an edit of ``cli.py`` or of the
+    registry keeps a resumable state.
     """
-    package = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for name in sorted(import_closure(root / TRAINING_CODE, root)):
+        digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 

@@ -15,54 +15,18 @@ from pathlib import Path
 import pytest
 import yaml
 
+from liftplus import code_closure
+
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("liftplus", "stages")
 CANNOT_CHANGE_OUTPUTS = {
     "liftplus/errors.py": "error types and the one-line exit: what a failure prints, never what a stage writes",
     "stages/__init__.py": "the stages' shared command line (dvc.yaml passes no options)",
+    "liftplus/offline.py": "environment switches that stop libraries calling home",
 }
 
 
-def module_file(dotted: str, root: Path) -> Path | None:
-    path = root.joinpath(*dotted.split("."))
-    for candidate in (path / "__init__.py", path.with_suffix(".py")):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imported_modules(path: Path, root: Path) -> set[str]:
-    """Dotted names of the project modules ``path`` imports anywhere (``from a import b``: a and a.b)."""
-    package = path.relative_to(root).parent.parts
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join([*package[: len(package) - node.level + 1], *([base] if base else [])])
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-    return {name for name in names if name.split(".")[0] in PACKAGES}
-
-
 def import_closure(script: Path, root: Path = REPO) -> set[str]:
-    """``root``-relative paths of every project file ``script`` can reach by imports, itself included."""
-    seen: set[Path] = set()
-    todo = [script]
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for name in imported_modules(path, root):
-            parts = name.split(".")
-            for depth in range(1, len(parts) + 1):  # importing a.b.c runs a and a.b first
-                found = module_file(".".join(parts[:depth]), root)
-                if found is not None and found not in seen:
-                    todo.append(found)
-    return {p.relative_to(root).as_posix() for p in seen}
+    return code_closure.import_closure(script, root)
 
 
 def has_code(path: str) -> bool:

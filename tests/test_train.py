@@ -402,7 +402,8 @@ def test_compiled_step_gives_the_eager_loss(shards, reference, tmp_path):
 
 
 def test_code_fingerprint_follows_the_source(tmp_path):
-    """A state is resumed only by the code that wrote it: any edit to liftplus changes the digest."""
+    """A state is resumed only by the code that wrote it: an edit of the training code changes the
+    digest, an edit of code training never runs (the command line) does not."""
     import subprocess
     import sys
 
@@ -419,6 +420,9 @@ def test_code_fingerprint_follows_the_source(tmp_path):
         assert out[0].startswith(str(copy))
         return out[1]
 
+    assert digest_of_copy() == code_fingerprint()
+    cli = copy / "cli.py"
+    cli.write_text(cli.read_text() + "\n# an edit\n")
     assert digest_of_copy() == code_fingerprint()
     losses = copy / "losses.py"
     losses.write_text(losses.read_text() + "\n# an edit\n")
