@@ -15,7 +15,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup run test test-fast lint bench dag plots
+.PHONY: setup run test test-fast lint lock bench dag plots
 setup: $(STAMP) $(FASHION_MNIST) .dvc/config .dvc/plots/offline.html
 	@dvc config core.analytics false && dvc config core.check_update false
 	@dvc config --local plots.html_template plots/offline.html
@@ -28,11 +28,16 @@ $(FASHION_MNIST):
 	@command -v apt-get >/dev/null || { echo "error: apt-get not found; install Debian's dataset-fashion-mnist by hand" >&2; exit 1; }
 	(apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist))
 
-$(STAMP): pyproject.toml
+# requirements.lock pins every package CI tested; pyproject.toml's ranges must agree with it.
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -r requirements.lock -e '.[dev]'
 	@touch $@
+
+lock: $(STAMP)
+	(sed -n '1,2p' requirements.lock; $(BIN)/python -m pip freeze --exclude-editable) > requirements.lock.new
+	mv requirements.lock.new requirements.lock
 
 .dvc/config:
 	dvc init -q
