@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import reprlib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from liftplus.errors import ParamsError
 
@@ -20,7 +20,7 @@ DEFAULT_PARAMS_FILE = Path("params.yaml")
 
 
 PeftName = Literal[
-    "adaptformer", "lora", "adapter", "vpt-shallow", "vpt-deep", "ssf", "bitfit", "full", "none"
+    "adaptformer", "lora", "adapter", "vpt-shallow", "vpt-deep", "ssf", "bitfit", "full", "none", "aft"
 ]
 
 
@@ -74,12 +74,62 @@ class ValidateParams(_Section):
 class ModelParams(_Section):
     name: str = "liftplus-tiny-vit"
     pretrained: Optional[str] = Field(None, description="open_clip tag or local checkpoint path")
-    peft: PeftName = "adaptformer"
-    bottleneck: Optional[int] = Field(None, gt=0, description="None: the LIFT+ rule from K and L")
-    classifier: Literal["cosine", "linear", "l2"] = "cosine"
+    peft: Union[PeftName, list[PeftName]] = Field("adaptformer", description="a method, or a list to combine")
+    peft_layers: Optional[Union[StrictInt, list[StrictInt]]] = Field(
+        None, description="None: every block; k: the last k blocks; a list: those block indices"
+    )
+    bottleneck: Optional[int] = Field(None, gt=0, description="None: the LIFT+ rule from K and the tuned L")
+    aft_ratio: Optional[float] = Field(None, gt=0, le=1, description="AFT: share of weights trained; None: ~K*d")
+    aft_loc: Literal["attn", "mlp", "all"] = "all"
+    aft_seed: int = Field(0, ge=0)
+    classifier: Literal["cosine", "linear", "l2", "layernorm"] = "cosine"
     scale: float = Field(25.0, gt=0)
     head_init: Literal["semantic", "class_mean", "linear_probe", "random"] = "semantic"
     sdpa: bool = Field(True, description="fused F.scaled_dot_product_attention in ViT blocks")
+
+    PEFT_ORDER: ClassVar[tuple[str, ...]] = (
+        "full", "bitfit", "vpt-shallow", "vpt-deep", "lora", "adapter", "adaptformer", "ssf", "aft", "none"
+    )
+    """The order the reference's ``build_tuner`` adds tuners in; a list of methods is applied in it."""
+
+    @field_validator("peft")
+    @classmethod
+    def _peft_list(cls, value: Any) -> Any:
+        methods = cls.normalize_peft(value)
+        return methods[0] if len(methods) == 1 else list(methods)
+
+    @field_validator("peft_layers")
+    @classmethod
+    def _layers(cls, value: Any) -> Any:
+        return cls.check_layers(value)
+
+    @staticmethod
+    def check_layers(value: Any) -> Any:
+        """``peft_layers`` as far as it can be checked without the model: k >= 0, indices each named once."""
+        if isinstance(value, int) and value < 0:
+            raise ValueError("an int counts the last blocks tuned: expected 0 or more")
+        if isinstance(value, (list, tuple)) and len(set(value)) != len(value):
+            raise ValueError(f"{list(value)} names a block twice")
+        return value
+
+    @staticmethod
+    def normalize_peft(value: Any) -> tuple[str, ...]:
+        """One method or a list of them, as a tuple in :attr:`PEFT_ORDER`; ValueError for an empty list,
+        a repeat, ``none`` with others, or both VPT variants."""
+        methods = [value] if isinstance(value, str) else list(value)
+        if not methods:
+            raise ValueError("an empty list: use none for no PEFT")
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"{methods} names a method twice")
+        if len(methods) > 1 and "none" in methods:
+            raise ValueError("none cannot be combined with other methods")
+        if {"vpt-shallow", "vpt-deep"} <= set(methods):
+            raise ValueError("vpt-shallow and vpt-deep cannot be combined")
+        order = ModelParams.PEFT_ORDER
+        unknown = [m for m in methods if m not in order]
+        if unknown:
+            raise ValueError(f"unknown PEFT method '{unknown[0]}', expected one of {', '.join(order)}")
+        return tuple(sorted(methods, key=order.index))
 
 
 class InitHeadParams(_Section):
@@ -87,7 +137,7 @@ class InitHeadParams(_Section):
     batch_size: int = Field(256, gt=0)
 
     @model_validator(mode="after")
-    def _template_has_slot(self) -> "InitHeadParams":
+    def _template_has_slot(self) -> InitHeadParams:
         if "{}" not in self.template:
             raise ValueError("template must contain '{}' for the class name")
         return self
@@ -132,7 +182,7 @@ class TrainParams(_Section):
     )
 
     @model_validator(mode="after")
-    def _micro_batch_divides(self) -> "TrainParams":
+    def _micro_batch_divides(self) -> TrainParams:
         if self.batch_size % self.micro_batch:
             raise ValueError(
                 f"micro_batch {self.micro_batch} must divide batch_size {self.batch_size}"
@@ -140,7 +190,7 @@ class TrainParams(_Section):
         return self
 
     @model_validator(mode="after")
-    def _best_needs_validation(self) -> "TrainParams":
+    def _best_needs_validation(self) -> TrainParams:
         if self.keep == "best" and self.validation == "none":
             raise ValueError("keep 'best' needs validation to pick the best epoch by, but validation is 'none'")
         return self

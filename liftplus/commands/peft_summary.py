@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Annotated, Optional, get_args
 
 import typer
@@ -10,9 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from liftplus.errors import ParamsError, exit_on_error
-from liftplus.params import PeftName
+from liftplus.params import ModelParams, PeftName
 
 PEFT_METHODS = get_args(PeftName)
+CLASSIFIERS = ("cosine", "linear", "l2", "layernorm")
 
 
 def adaptformer_formula(layers: int, width: int, bottleneck: int, num_classes: int) -> int:
@@ -21,30 +23,123 @@ def adaptformer_formula(layers: int, width: int, bottleneck: int, num_classes: i
     return layers * (2 * d * r + r + 3 * d + 1) + num_classes * d
 
 
+def per_block_formula(method: str, d: int, mlp: int, r: Optional[int], aft_ratio: Optional[float] = None,
+                      aft_loc: str = "all") -> int:
+    """Parameters ``method`` trains in one block of width ``d`` and MLP width ``mlp``, from the shapes of the
+    reference's modules (models/modules.py, models/models.py): AdaptFormer ``2dr + r + 3d + 1`` (LN, down,
+    up, scale), Adapter ``2dr + r + 2d``, LoRA on q and v ``4dr``, SSF ``2(3d + d + mlp + d)``, a prompt ``rd``,
+    BitFit the biases ``3d + d + mlp + d + 2d``, full ``4d² + 2d·mlp + 9d + mlp``, AFT ``int(n * ratio)`` of
+    each weight and bias of the attention and/or MLP."""
+    if method == "adaptformer":
+        return 2 * d * r + r + 3 * d + 1
+    if method == "adapter":
+        return 2 * d * r + r + 2 * d
+    if method == "lora":
+        return 2 * (2 * d * r)
+    if method == "ssf":
+        return 2 * (3 * d + d + mlp + d)
+    if method in ("vpt-deep", "vpt-shallow"):
+        return r * d
+    if method == "bitfit":
+        return 3 * d + d + mlp + d + 2 * d
+    if method == "full":
+        return 4 * d * d + 2 * d * mlp + 9 * d + mlp
+    if method == "aft":
+        linears = {"attn": [(3 * d, d), (d, d)], "mlp": [(mlp, d), (d, mlp)]}
+        shapes = [s for loc in ("attn", "mlp") if aft_loc in (loc, "all") for s in linears[loc]]
+        return sum(min(n, int(n * aft_ratio)) for out, inp in shapes for n in (out * inp, out))
+    return 0
+
+
+def reference_formula(methods: Sequence[str], tuned: dict[str, list[int]], d: int, mlp: int,
+                      sizes: dict[str, int], num_classes: int, classifier: str = "cosine",
+                      aft_ratio: Optional[float] = None, aft_loc: str = "all") -> int:
+    """Trainable parameters of ``methods`` on the ``tuned`` blocks of each plus the head (``K * d``, and
+    ``K`` biases for the linear head). BitFit adds nothing to full fine-tuning: its biases are among those."""
+    total = num_classes * d + (num_classes if classifier == "linear" else 0)
+    for method in methods:
+        if method == "bitfit" and "full" in methods:
+            continue
+        block = per_block_formula(method, d, mlp, sizes.get(method), aft_ratio, aft_loc)
+        total += block * len(tuned.get(method, []))
+    return total
+
+
+def _layers_option(text: Optional[str]):
+    """``--layers 6`` (the last 6 blocks) or ``--layers 0,5,11`` (those blocks)."""
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in text.replace("+", ",").split(",") if part.strip()]
+    except ValueError:
+        raise ParamsError(f"--layers is '{text}', expected k (the last k blocks) or indices like 0,5,11") from None
+    return values[0] if len(values) == 1 and "," not in text else values
+
+
 @exit_on_error
 def peft_summary(
     model: Annotated[str, typer.Option(help="open_clip model name")] = "ViT-B-16",
     num_classes: Annotated[int, typer.Option("--num-classes", "-k", help="number of classes K")] = 1000,
-    peft: Annotated[str, typer.Option(help=f"one of {', '.join(PEFT_METHODS)}")] = "adaptformer",
+    peft: Annotated[str, typer.Option(
+        help=f"one of {', '.join(PEFT_METHODS)}, or several joined by ',' or '+' (bitfit+adaptformer)"
+    )] = "adaptformer",
     bottleneck: Annotated[Optional[int], typer.Option(help="default: the LIFT+ rule from K and L")] = None,
+    layers: Annotated[Optional[str], typer.Option(
+        help="blocks tuned: k (the last k) or indices 0,5,11; default every block")] = None,
+    classifier: Annotated[str, typer.Option(help=f"one of {', '.join(CLASSIFIERS)}")] = "cosine",
+    aft_ratio: Annotated[Optional[float], typer.Option(help="AFT: share of weights trained; default ~K*d")] = None,
+    aft_loc: Annotated[str, typer.Option(help="AFT: attn, mlp or all")] = "all",
+    aft_seed: Annotated[int, typer.Option(help="AFT: mask seed")] = 0,
     json_: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
-    """Print parameter counts of MODEL with PEFT and a cosine head for K classes (random init, no weights)."""
-    if peft not in PEFT_METHODS:
-        raise ParamsError(f"--peft is '{peft}', expected one of {', '.join(PEFT_METHODS)}")
+    """Print parameter counts of MODEL with PEFT on the chosen blocks and a head for K classes (random init,
+    no weights), beside the count the reference's formulas give."""
+    names = [part.strip() for part in peft.replace("+", ",").split(",") if part.strip()]
+    unknown = next((name for name in names if name not in PEFT_METHODS), None)
+    if unknown is not None or not names:
+        shown = unknown if unknown is not None else peft
+        raise ParamsError(f"--peft is '{shown}', expected one of {', '.join(PEFT_METHODS)}")
+    try:
+        methods = ModelParams.normalize_peft(names)
+    except ValueError as exc:
+        raise ParamsError(f"--peft is '{peft}': {exc}") from None
     if num_classes < 1:
         raise ParamsError(f"--num-classes is {num_classes}, expected a positive integer")
     if bottleneck is not None and bottleneck < 1:
         raise ParamsError(f"--bottleneck is {bottleneck}, expected a positive integer")
+    if classifier not in CLASSIFIERS:
+        raise ParamsError(f"--classifier is '{classifier}', expected one of {', '.join(CLASSIFIERS)}")
+    if aft_ratio is not None and not 0 < aft_ratio <= 1:
+        raise ParamsError(f"--aft-ratio is {aft_ratio}, expected a share in (0, 1]")
+    if aft_loc not in ("attn", "mlp", "all"):
+        raise ParamsError(f"--aft-loc is '{aft_loc}', expected attn, mlp or all")
+    layer_spec = _layers_option(layers)
     from liftplus.model.build import ModelConfig, build_model
+    from liftplus.model.peft import aft_ratio_used, method_layers, tuner_sizes
     from liftplus.model.summary import parameter_summary
 
-    config = ModelConfig(name=model, peft=peft, bottleneck=bottleneck, num_classes=num_classes)
-    summary = parameter_summary(build_model(config))
-    if peft == "adaptformer":
+    config = ModelConfig(
+        name=model, peft=methods, bottleneck=bottleneck, num_classes=num_classes, classifier=classifier,
+        peft_layers=tuple(layer_spec) if isinstance(layer_spec, list) else layer_spec,
+        aft_ratio=aft_ratio, aft_loc=aft_loc, aft_seed=aft_seed,
+    )
+    built = build_model(config)
+    summary = parameter_summary(built)
+    depth, d = summary["layers"], summary["width"]
+    tuned = {m: method_layers(m, config.peft_layers, depth) for m in methods}
+    sizes = tuner_sizes(methods, num_classes, depth, bottleneck, config.peft_layers)
+    ratio = aft_ratio_used(aft_ratio, num_classes, len(tuned.get("aft", [])), d, aft_loc)
+    mlp = built.backbone.visual.transformer.resblocks[0].block.mlp[0].out_features
+    summary["peft"] = "+".join(methods)
+    summary["tuned_layers"] = sorted(set().union(*tuned.values()))
+    summary["bottlenecks"] = sizes
+    if "aft" in methods:
+        summary["aft_ratio"] = ratio
+    summary["formula"] = reference_formula(methods, tuned, d, mlp, sizes, num_classes, classifier, ratio, aft_loc)
+    if methods == ("adaptformer",) and summary["bottleneck"] is not None:
         summary["adaptformer_formula"] = adaptformer_formula(
-            summary["layers"], summary["width"], summary["bottleneck"], num_classes
-        )
+            len(tuned["adaptformer"]), d, summary["bottleneck"], num_classes
+        ) + (num_classes if classifier == "linear" else 0)
     if json_:
         print(json.dumps(summary, indent=2))
         return
@@ -57,9 +152,15 @@ def _print_table(summary: dict) -> None:
     )
     table.add_column("quantity")
     table.add_column("value", justify="right")
+    tuned = summary["tuned_layers"]
     rows = [
         ("blocks L / width d", f"{summary['layers']} / {summary['width']}"),
-        ("bottleneck r", "-" if summary["bottleneck"] is None else str(summary["bottleneck"])),
+        ("tuned blocks", "all" if len(tuned) == summary["layers"] else ", ".join(map(str, tuned)) or "none"),
+        ("bottleneck r", ", ".join(f"{m} {r}" for m, r in summary["bottlenecks"].items()) or "-"),
+    ]
+    if "aft_ratio" in summary:
+        rows.append(("AFT ratio", "-" if summary["aft_ratio"] is None else f"{summary['aft_ratio']:.6g}"))
+    rows += [
         ("total parameters (CLIP + tuners + head)", f"{summary['total_parameters']:,}"),
         ("image encoder + head", f"{summary['image_encoder_parameters']:,}"),
         ("trainable: PEFT", f"{summary['trainable_peft']:,}"),
@@ -69,6 +170,8 @@ def _print_table(summary: dict) -> None:
         ("trainable % of model", f"{summary['trainable_percent_of_model']:.3f}%"),
         ("trainable % of image encoder + head", f"{summary['trainable_percent_of_image_encoder']:.3f}%"),
     ]
+    agrees = "agrees" if summary["formula"] == summary["trainable_total"] else "DIFFERS"
+    rows.append(("reference formula (per-block shapes x tuned L + head)", f"{summary['formula']:,} ({agrees})"))
     if "adaptformer_formula" in summary:
         agrees = "agrees" if summary["adaptformer_formula"] == summary["trainable_total"] else "DIFFERS"
         rows.append(("L(2dr+r+3d+1) + Kd", f"{summary['adaptformer_formula']:,} ({agrees})"))

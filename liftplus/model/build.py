@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 from torch import nn
 
 from liftplus.model.backbone import TINY_MODEL, Preprocess, image_features, load_backbone
 from liftplus.model.heads import ClassifierName, make_head, set_head_weights
-from liftplus.model.peft import PeftBlock, PeftName, insert_peft
+from liftplus.model.peft import PeftBlock, PeftName, insert_peft, peft_methods
+from liftplus.params import ModelParams
 
 METHOD_PEFT = {"fft": "full", "lp": "none", "zs": "none"}
 """train.method -> PEFT, for the methods that do not use ``model.peft`` (lift+, lift)."""
@@ -24,33 +25,64 @@ class ModelConfig(BaseModel):
 
     name: str = TINY_MODEL
     pretrained: Optional[str] = None
-    peft: PeftName = "adaptformer"
+    peft: Union[PeftName, tuple[PeftName, ...]] = "adaptformer"
     bottleneck: Optional[int] = Field(None, gt=0, description="None: the reference's rule from K and L")
     classifier: ClassifierName = "cosine"
     scale: float = Field(25.0, gt=0)
     num_classes: int = Field(gt=0)
     sdpa: bool = True
     seed: int = Field(0, ge=0)
+    peft_layers: Optional[Union[StrictInt, tuple[StrictInt, ...]]] = None
+    aft_ratio: Optional[float] = Field(None, gt=0, le=1)
+    aft_loc: Literal["attn", "mlp", "all"] = "all"
+    aft_seed: int = Field(0, ge=0)
+
+    @field_validator("peft", mode="before")
+    @classmethod
+    def _methods(cls, value: Any) -> Any:
+        """A name, or a list of two or more as a tuple in the order they are applied."""
+        methods = ModelParams.normalize_peft(value)
+        return methods[0] if len(methods) == 1 else methods
+
+    @field_validator("peft_layers")
+    @classmethod
+    def _layers(cls, value: Any) -> Any:
+        """As ``model.peft_layers`` (the range is checked at build, against the model's depth)."""
+        return ModelParams.check_layers(value)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return peft_methods(self.peft)
 
     @classmethod
     def for_method(cls, model_params: Any, method: str, num_classes: int, seed: int = 0) -> "ModelConfig":
         """The config of ``train.method`` given the ``model`` section of params.yaml."""
         if method not in {"lift+", "lift", *METHOD_PEFT}:
             raise ValueError(f"unknown train.method '{method}'")
+        peft = METHOD_PEFT.get(method, model_params.peft)
+        aft = "aft" in peft_methods(peft)
         return cls(
             name=model_params.name,
             pretrained=model_params.pretrained,
-            peft=METHOD_PEFT.get(method, model_params.peft),
+            peft=peft,
             bottleneck=model_params.bottleneck,
             classifier="zero-shot" if method == "zs" else model_params.classifier,
             scale=model_params.scale,
             num_classes=num_classes,
             sdpa=model_params.sdpa,
             seed=seed,
+            peft_layers=None if peft == "none" else model_params.peft_layers,
+            aft_ratio=model_params.aft_ratio if aft else None,
+            aft_loc=model_params.aft_loc if aft else "all",
+            aft_seed=model_params.aft_seed if aft else 0,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The config as JSON types; a field added after the first release is left out while at its
+        default, so a default model's checkpoint stays what it was."""
+        later = {"peft_layers", "aft_ratio", "aft_loc", "aft_seed"}
+        at_default = {name for name in later if getattr(self, name) == type(self).model_fields[name].default}
+        return self.model_dump(mode="json", exclude=at_default)
 
 
 class LiftModel(nn.Module):
@@ -117,6 +149,10 @@ def build_model(config: ModelConfig) -> LiftModel:
             config.num_classes,
             bottleneck=config.bottleneck,
             sdpa=config.sdpa,
+            layers=config.peft_layers,
+            aft_ratio=config.aft_ratio,
+            aft_loc=config.aft_loc,
+            aft_seed=config.aft_seed,
         )
         visual = backbone.visual
         head = make_head(

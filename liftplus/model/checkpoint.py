@@ -21,11 +21,11 @@ import open_clip
 import torch
 from pydantic import ValidationError
 
-from liftplus.errors import CheckpointError
+from liftplus.errors import CheckpointError, ParamsError
 from liftplus.io import save_torch
 from liftplus.model.backbone import backbone_fingerprint
 from liftplus.model.build import LiftModel, ModelConfig, build_model
-from liftplus.model.peft import default_bottleneck
+from liftplus.model.peft import aft_count, aft_ratio_used, method_layers, tuned_blocks, tuner_sizes
 
 FORMAT = "liftplus-adapter/1"
 
@@ -126,8 +126,6 @@ def checkpoint_classnames(extra: Any, num_classes: int, source: str | Path) -> l
 
 
 _BLOCK_KEY = re.compile(r"backbone\.visual\.transformer\.resblocks\.(\d+)\.(.+)")
-_ONE_BLOCK_PEFT = {"vpt-shallow": 1, "none": 0}
-"""PEFT methods that do not put trained tensors in every block: how many blocks they do."""
 
 
 def _vision_tower(config: ModelConfig, path: Path) -> dict[str, int]:
@@ -144,18 +142,30 @@ def _vision_tower(config: ModelConfig, path: Path) -> dict[str, int]:
             "embed": model_cfg.get("embed_dim", width)}
 
 
-def _block_shapes(d: int, mlp: int, r: int) -> dict[str, tuple[int, ...]]:
-    """Shape of each tensor a PEFT method trains in one block (``d`` width, ``r`` bottleneck), by its key
-    after ``resblocks.N.``; the reference for :func:`check_config_fits_state`."""
-    shapes: dict[str, tuple[int, ...]] = {"prompt": (r, d), "tuner.adaptformer.scale": ()}
+def _block_shapes(d: int, mlp: int, sizes: Mapping[str, int], aft_ratio: Optional[float] = None
+                  ) -> dict[str, tuple[int, ...]]:
+    """Shape of each tensor a PEFT method trains in one block (``d`` width, ``sizes`` the bottleneck or
+    prompt length of each sized method, ``aft_ratio`` the AFT share), by its key after ``resblocks.N.``;
+    the reference for :func:`check_config_fits_state`."""
+    shapes: dict[str, tuple[int, ...]] = {"tuner.adaptformer.scale": ()}
+    prompt = sizes.get("vpt-deep", sizes.get("vpt-shallow"))
+    if prompt is not None:
+        shapes["prompt"] = (prompt, d)
     for tuner in ("adaptformer", "adapter"):
+        r = sizes.get(tuner, 0)
         shapes |= {f"tuner.{tuner}.norm.weight": (d,), f"tuner.{tuner}.norm.bias": (d,),
                    f"tuner.{tuner}.down.weight": (r, d), f"tuner.{tuner}.down.bias": (r,),
                    f"tuner.{tuner}.up.weight": (d, r), f"tuner.{tuner}.up.bias": (d,)}
     for tuner in ("lora_q", "lora_v"):
+        r = sizes.get("lora", 0)
         shapes |= {f"tuner.{tuner}.down": (d, r), f"tuner.{tuner}.up": (r, d)}
     for tuner, size in (("ssf_attn_in", 3 * d), ("ssf_attn_out", d), ("ssf_mlp_in", mlp), ("ssf_mlp_out", d)):
         shapes |= {f"tuner.{tuner}.scale": (size,), f"tuner.{tuner}.shift": (size,)}
+    if aft_ratio is not None:
+        for tuner, out, inp in (("aft_attn_in", 3 * d, d), ("aft_attn_out", d, d),
+                                ("aft_mlp_in", mlp, d), ("aft_mlp_out", d, mlp)):
+            shapes |= {f"tuner.{tuner}.weight": (aft_count(out * inp, aft_ratio),),
+                       f"tuner.{tuner}.bias": (aft_count(out, aft_ratio),)}
     for norm in ("ln_1", "ln_2"):
         shapes |= {f"block.{norm}.weight": (d,), f"block.{norm}.bias": (d,)}
     return shapes | {
@@ -174,9 +184,18 @@ def _head_shapes(config: ModelConfig, tower: dict[str, int]) -> dict[str, tuple[
     return {"head.weight": (k, tower["width"])} | ({"head.bias": (k,)} if config.classifier == "linear" else {})
 
 
+def _aft_ratio(config: ModelConfig, tower: dict[str, int]) -> Optional[float]:
+    """The AFT share ``insert_peft`` uses: the config's, or the reference's default for the tuned blocks."""
+    if "aft" not in config.methods:
+        return None
+    tuned = len(method_layers("aft", config.peft_layers, tower["layers"]))
+    return aft_ratio_used(config.aft_ratio, config.num_classes, tuned, tower["width"], config.aft_loc)
+
+
 def check_config_fits_state(config: ModelConfig, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
     """CheckpointError unless ``config`` describes the model ``state`` was saved from: the head is
-    (classes x width), every tuner tensor matches the width and bottleneck, the blocks match the depth.
+    (classes x width), every tuner tensor matches the width, bottleneck and AFT share, the blocks with
+    tensors are the blocks ``peft_layers`` tunes.
 
     Runs before the model is built, so a config naming a far larger model than its tensors
     (ViT-bigG-14, a bottleneck of 100000, 10**7 classes) is refused at the cost of reading a
@@ -185,9 +204,13 @@ def check_config_fits_state(config: ModelConfig, state: Mapping[str, torch.Tenso
     path = Path(path)
     tower = _vision_tower(config, path)
     layers = tower["layers"]
-    tuned = _ONE_BLOCK_PEFT.get(config.peft, layers)
-    rule = default_bottleneck(config.peft, config.num_classes, layers)  # as insert_peft sizes the tuners
-    r = None if rule is None else (config.bottleneck if config.bottleneck is not None else rule)
+    peft = "+".join(config.methods)
+    try:
+        expected_blocks = tuned_blocks(config.methods, config.peft_layers, layers)
+        sizes = tuner_sizes(config.methods, config.num_classes, layers, config.bottleneck, config.peft_layers)
+    except ParamsError as exc:
+        raise CheckpointError(f"{path}: config 'peft_layers': {str(exc).removeprefix('model.peft_layers: ')}") from None
+    r = next(iter(sizes.values()), None)
     described = f"{config.name} with {config.num_classes} classes" + (f", bottleneck {r}" if r else "")
 
     def check_shape(key: str, shape: Optional[tuple[int, ...]]) -> None:
@@ -200,7 +223,7 @@ def check_config_fits_state(config: ModelConfig, state: Mapping[str, torch.Tenso
         if key not in state:
             raise CheckpointError(f"{path}: missing key '{key}'")
         check_shape(key, shape)
-    per_block = _block_shapes(tower["width"], tower["mlp"], r or 0)
+    per_block = _block_shapes(tower["width"], tower["mlp"], sizes, _aft_ratio(config, tower))
     blocks: set[int] = set()
     for key in state:
         block = _BLOCK_KEY.fullmatch(key)
@@ -211,9 +234,14 @@ def check_config_fits_state(config: ModelConfig, state: Mapping[str, torch.Tenso
             raise CheckpointError(f"{path}: key '{key}' is for block {index}, {config.name} has {layers} blocks")
         blocks.add(index)
         check_shape(key, per_block.get(block.group(2)))
-    if len(blocks) != tuned:
+    if len(blocks) != len(expected_blocks):
         raise CheckpointError(
-            f"{path}: state has {config.peft} tensors in {len(blocks)} blocks, {config.name} has {tuned} to tune"
+            f"{path}: state has {peft} tensors in {len(blocks)} blocks, "
+            f"{config.name} has {len(expected_blocks)} to tune"
+        )
+    if sorted(blocks) != expected_blocks:
+        raise CheckpointError(
+            f"{path}: state has {peft} tensors in blocks {sorted(blocks)}, the config tunes {expected_blocks}"
         )
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from liftplus.errors import CheckpointError, DataError
 
-ClassifierName = Literal["cosine", "linear", "l2", "zero-shot"]
+ClassifierName = Literal["cosine", "linear", "l2", "layernorm", "zero-shot"]
 
 
 def _reset_weight(weight: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -61,6 +61,18 @@ class L2NormClassifier(LinearClassifier):
         return F.linear(features, F.normalize(self.weight, dim=-1))
 
 
+class LayerNormClassifier(LinearClassifier):
+    """The reference's ``LayerNormClassifier``: ``LN(f) @ normalize(W).T``, the LayerNorm without affine
+    parameters (eps 1e-12), no bias."""
+
+    def __init__(self, feature_dim: int, num_classes: int, dtype=None, device=None):
+        super().__init__(feature_dim, num_classes, bias=False, dtype=dtype, device=device)
+        self.ln = nn.LayerNorm(feature_dim, eps=1e-12, elementwise_affine=False, dtype=dtype, device=device)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.ln(features), F.normalize(self.weight, dim=-1))
+
+
 class ZeroShotHead(nn.Module):
     """CLIP zero-shot: ``exp(logit_scale) * normalize(f @ proj) @ normalize(T).T``.
 
@@ -101,6 +113,8 @@ def make_head(
         return LinearClassifier(feature_dim, num_classes)
     if classifier == "l2":
         return L2NormClassifier(feature_dim, num_classes)
+    if classifier == "layernorm":
+        return LayerNormClassifier(feature_dim, num_classes)
     if classifier == "zero-shot":
         if projection is None or logit_scale is None:
             raise ValueError("the zero-shot head needs the image projection and the logit scale")

@@ -11,19 +11,70 @@ features.
 from __future__ import annotations
 
 import math
-from typing import Optional, get_args
+from collections.abc import Sequence
+from typing import Optional, Union, get_args
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import LayerNormFp32
 from torch import nn
 
-from liftplus.params import PeftName
+from liftplus.errors import ParamsError
+from liftplus.params import ModelParams, PeftName
 
 PEFT_METHODS: tuple[str, ...] = get_args(PeftName)
+APPLY_ORDER: tuple[str, ...] = ModelParams.PEFT_ORDER
+"""The order the reference's ``build_tuner`` adds tuners in (fft, bitfit, pt, lora, adapter, adaptformer, ssf, aft)."""
+AFT_LOCS = ("attn", "mlp", "all")
 
-_WEIGHT_LEVEL = {"lora", "ssf"}
+_WEIGHT_LEVEL = {"lora", "ssf", "aft"}
 """Tuners that act inside the attention: they need the block's weights, not ``nn.MultiheadAttention``."""
+
+LayerSpec = Optional[Union[int, Sequence[int]]]
+
+
+def peft_methods(peft: Union[str, Sequence[str]]) -> tuple[str, ...]:
+    """``model.peft`` as a tuple of methods in the order they are applied (a name or a list of names)."""
+    return ModelParams.normalize_peft(peft if isinstance(peft, str) else list(peft)) if peft else ("none",)
+
+
+def resolve_layers(spec: LayerSpec, num_layers: int) -> list[int]:
+    """The reference's ``parse_layers``: None = every block, an int k = the last k, a list = those indices.
+
+    Negative indices count from the end, as Python's; the result is sorted.
+    """
+    if spec is None:
+        return list(range(num_layers))
+    if isinstance(spec, bool) or not isinstance(spec, (int, Sequence)):
+        raise ParamsError(f"model.peft_layers: {spec!r} is not null, an int or a list of ints")
+    if isinstance(spec, int):
+        if not 0 <= spec <= num_layers:
+            raise ParamsError(f"model.peft_layers: {spec} is not between 0 and the model's {num_layers} blocks")
+        return list(range(num_layers - spec, num_layers))
+    layers = []
+    for index in spec:
+        if isinstance(index, bool) or not isinstance(index, int) or not -num_layers <= index < num_layers:
+            raise ParamsError(f"model.peft_layers: {index!r} is no block index of a {num_layers}-block model")
+        layers.append(index % num_layers)
+    if len(set(layers)) != len(layers):
+        raise ParamsError(f"model.peft_layers: {list(spec)} names a block twice")
+    return sorted(layers)
+
+
+def method_layers(peft: str, spec: LayerSpec, num_layers: int) -> list[int]:
+    """The blocks ``peft`` tunes: VPT-shallow prompts the first block only, ``none`` tunes none."""
+    if peft == "none":
+        return []
+    if peft == "vpt-shallow":
+        if spec is not None:
+            raise ParamsError("model.peft_layers: vpt-shallow prompts block 0 only; use vpt-deep to pick blocks")
+        return [0]
+    return resolve_layers(spec, num_layers)
+
+
+def tuned_blocks(peft: Union[str, Sequence[str]], spec: LayerSpec, num_layers: int) -> list[int]:
+    """Every block that holds a trained tensor of some method of ``peft``."""
+    return sorted(set().union(*(method_layers(m, spec, num_layers) for m in peft_methods(peft))))
 
 
 def default_bottleneck(peft: str, num_classes: int, num_layers: int) -> Optional[int]:
@@ -31,13 +82,61 @@ def default_bottleneck(peft: str, num_classes: int, num_layers: int) -> Optional
 
     AdaptFormer and Adapter: ``2 ** max(0, floor(log2(K / 2L)))``; LoRA:
     ``K / 4L``; VPT prompt length: ``K / L`` with L the number of prompted
-    blocks (1 for shallow). Methods without a size give None.
+    blocks (1 for shallow). Methods without a size, or on no block, give None.
+    L counts the blocks that get the tuner (``len(layers)`` in the reference), not the model's depth.
     """
     divisor = {"adaptformer": 2, "adapter": 2, "lora": 4, "vpt-deep": 1, "vpt-shallow": 1}.get(peft)
     if divisor is None:
         return None
     tuned_layers = 1 if peft == "vpt-shallow" else num_layers
+    if tuned_layers == 0:
+        return None
     return 2 ** max(0, int(math.log2(num_classes / (tuned_layers * divisor))))
+
+
+def tuner_sizes(
+    peft: Union[str, Sequence[str]],
+    num_classes: int,
+    num_layers: int,
+    bottleneck: Optional[int] = None,
+    layers: LayerSpec = None,
+) -> dict[str, int]:
+    """Bottleneck (prompt length for VPT) of each sized method of ``peft``: ``bottleneck`` if given, else the
+    rule for the blocks the method tunes; methods on no block get none."""
+    sizes = {}
+    for method in peft_methods(peft):
+        rule = default_bottleneck(method, num_classes, len(method_layers(method, layers, num_layers)))
+        if rule is not None:
+            sizes[method] = bottleneck if bottleneck is not None else rule
+    return sizes
+
+
+def aft_default_ratio(num_classes: int, num_layers: int, width: int, loc: str) -> float:
+    """The reference's AFT ratio when ``aft_ratio`` is None: about ``K * d`` weights in all, i.e.
+    ``K / (L * (d * 4 + 4))`` (attn), ``K / (L * (d * 8 + 5))`` (mlp), ``K / (L * (d * 12 + 9))`` (all)."""
+    per_width, offset = {"attn": (4, 4), "mlp": (8, 5), "all": (12, 9)}[loc]
+    return num_classes / (num_layers * (width * per_width + offset))
+
+
+def aft_ratio_used(aft_ratio: Optional[float], num_classes: int, tuned: int, width: int, loc: str) -> Optional[float]:
+    """The AFT share ``insert_peft`` uses: ``aft_ratio``, else the reference's default for ``tuned`` blocks."""
+    if aft_ratio is not None:
+        return aft_ratio
+    return aft_default_ratio(num_classes, tuned, width, loc) if tuned else None
+
+
+def aft_mask(shape: Sequence[int], ratio: float, seed: int) -> torch.Tensor:
+    """The reference's ``generate_mask``: ``int(numel * ratio)`` entries drawn by ``randperm`` from a
+    generator seeded with ``seed`` afresh for every tensor."""
+    generator = torch.Generator().manual_seed(seed)
+    numel = math.prod(shape)
+    chosen = torch.randperm(numel, generator=generator, dtype=torch.int64)[: int(numel * ratio)]
+    return torch.zeros(numel, dtype=torch.bool).scatter_(0, chosen, True).view(*shape)
+
+
+def aft_count(numel: int, ratio: float) -> int:
+    """Entries AFT trains in a tensor of ``numel`` entries (``randperm(numel)[:int(numel * ratio)]``)."""
+    return min(numel, int(numel * ratio))
 
 
 class Bottleneck(nn.Module):
@@ -98,6 +197,29 @@ class SSF(nn.Module):
         return x * self.scale + self.shift
 
 
+class MaskedLinear(nn.Module):
+    """The reference's ``MaskedLinear`` (AFT): the frozen weight and bias with the ``mask``ed entries
+    replaced by trainable copies, ``weight``/``bias`` (1-D, in mask order).
+
+    The frozen tensors are passed to :meth:`forward`, not held, so the block's own parameters stay
+    its own; the masks follow from ``ratio`` and ``seed`` and are not saved.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, ratio: float, seed: int):
+        super().__init__()
+        self.register_buffer("weight_mask", aft_mask(weight.shape, ratio, seed).to(weight.device), persistent=False)
+        self.register_buffer("bias_mask", aft_mask(bias.shape, ratio, seed).to(bias.device), persistent=False)
+        self.weight = nn.Parameter(weight.detach().masked_select(self.weight_mask).clone())
+        self.bias = nn.Parameter(bias.detach().masked_select(self.bias_mask).clone())
+
+    def merged(self, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (weight.masked_scatter(self.weight_mask, self.weight.to(weight.dtype)),
+                bias.masked_scatter(self.bias_mask, self.bias.to(bias.dtype)))
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, *self.merged(weight, bias))
+
+
 class PeftBlock(nn.Module):
     """An open_clip ``ResidualAttentionBlock`` with tuners.
 
@@ -148,6 +270,18 @@ class PeftBlock(nn.Module):
         self.tuner["ssf_mlp_in"] = SSF(mlp[0].out_features, **self._factory)
         self.tuner["ssf_mlp_out"] = SSF(mlp[2].out_features, **self._factory)
 
+    def add_aft(self, ratio: float, loc: str = "all", seed: int = 0) -> None:
+        """Train a random ``ratio`` of the weights and biases of the attention (``attn``), MLP or both."""
+        if loc not in AFT_LOCS:
+            raise ValueError(f"aft_loc is '{loc}', expected one of {', '.join(AFT_LOCS)}")
+        attn, mlp = self.block.attn, self.block.mlp
+        if loc in ("attn", "all"):
+            self.tuner["aft_attn_in"] = MaskedLinear(attn.in_proj_weight, attn.in_proj_bias, ratio, seed)
+            self.tuner["aft_attn_out"] = MaskedLinear(attn.out_proj.weight, attn.out_proj.bias, ratio, seed)
+        if loc in ("mlp", "all"):
+            self.tuner["aft_mlp_in"] = MaskedLinear(mlp[0].weight, mlp[0].bias, ratio, seed)
+            self.tuner["aft_mlp_out"] = MaskedLinear(mlp[2].weight, mlp[2].bias, ratio, seed)
+
     def add_prompt(self, length: int, prompts_in: int) -> None:
         """Insert ``length`` prompt tokens after the class token, replacing the ``prompts_in`` already there."""
         self.prompt = nn.Parameter(torch.empty(length, self.width, **self._factory))
@@ -191,7 +325,11 @@ class PeftBlock(nn.Module):
             return self.block.attention(q_x=x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
 
         batch, length, width = x.shape
-        q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        if "aft_attn_in" in self.tuner:
+            qkv = self.tuner["aft_attn_in"](x, attn.in_proj_weight, attn.in_proj_bias)
+        else:
+            qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.chunk(3, dim=-1)
         if "lora_q" in self.tuner:
             q = q + self.tuner["lora_q"](x)
             v = v + self.tuner["lora_v"](x)
@@ -204,21 +342,31 @@ class PeftBlock(nn.Module):
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=attn.dropout if self.training else 0.0
         )
-        out = attn.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+        out = out.transpose(1, 2).reshape(batch, length, width)
+        if "aft_attn_out" in self.tuner:
+            out = self.tuner["aft_attn_out"](out, attn.out_proj.weight, attn.out_proj.bias)
+        else:
+            out = attn.out_proj(out)
         if "ssf_attn_out" in self.tuner:
             out = self.tuner["ssf_attn_out"](out)
         return out
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         mlp = self.block.mlp
-        if "ssf_mlp_in" in self.tuner:
-            x = self.tuner["ssf_mlp_in"](mlp[0](x))
-            x = self.tuner["ssf_mlp_out"](mlp[2](mlp[1](x)))
+        if "ssf_mlp_in" in self.tuner or "aft_mlp_in" in self.tuner:
+            x = self._linear("mlp_in", mlp[0], x)
+            x = self._linear("mlp_out", mlp[2], mlp[1](x))
         else:
             x = mlp(x)
         if "adapter" in self.tuner:
             x = x + self.tuner["adapter"](x)
         return x
+
+    def _linear(self, where: str, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """``linear(x)`` with the AFT entries of ``aft_<where>`` and then the SSF of ``ssf_<where>``, if any."""
+        aft, ssf = f"aft_{where}", f"ssf_{where}"
+        x = self.tuner[aft](x, linear.weight, linear.bias) if aft in self.tuner else linear(x)
+        return self.tuner[ssf](x) if ssf in self.tuner else x
 
     def _needs_weight_level(self) -> bool:
         return any(name.split("_")[0] in _WEIGHT_LEVEL for name in self.tuner)
@@ -226,39 +374,57 @@ class PeftBlock(nn.Module):
 
 def insert_peft(
     blocks: nn.ModuleList,
-    peft: str,
+    peft: Union[str, Sequence[str]],
     num_classes: int,
     bottleneck: Optional[int] = None,
     sdpa: bool = True,
+    layers: LayerSpec = None,
+    aft_ratio: Optional[float] = None,
+    aft_loc: str = "all",
+    aft_seed: int = 0,
 ) -> Optional[int]:
-    """Wrap every block of ``blocks`` in a :class:`PeftBlock` and add the ``peft`` tuners, in place.
+    """Wrap every block of ``blocks`` in a :class:`PeftBlock` and add the ``peft`` tuners to the ``layers``
+    (see :func:`resolve_layers`), in place.
 
-    The blocks must already be frozen; the tuners are created trainable and
-    ``full``/``bitfit`` re-enable the blocks' own weights/biases. Returns the
-    bottleneck (prompt length for VPT) used, None for methods without one.
+    ``peft`` is a method or a list of them; they are added in the reference's order
+    (:data:`APPLY_ORDER`), each to every tuned block before the next. The blocks must already be
+    frozen; the tuners are created trainable and ``full``/``bitfit`` re-enable the blocks' own
+    weights/biases. Returns the bottleneck (prompt length for VPT) of the first sized method, None
+    if none has one.
     """
-    if peft not in PEFT_METHODS:
+    methods = peft_methods(peft)
+    if not set(methods) <= set(PEFT_METHODS):
         raise ValueError(f"unknown PEFT method '{peft}', expected one of {', '.join(PEFT_METHODS)}")
-    rule = default_bottleneck(peft, num_classes, len(blocks))
-    size = None if rule is None else (bottleneck if bottleneck is not None else rule)
+    sizes = tuner_sizes(methods, num_classes, len(blocks), bottleneck=bottleneck, layers=layers)
     for index, block in enumerate(blocks):
         wrapped = block if isinstance(block, PeftBlock) else PeftBlock(block, sdpa=sdpa)
         wrapped.sdpa = sdpa
         blocks[index] = wrapped
-        if peft == "adaptformer":
-            wrapped.add_adaptformer(size)
-        elif peft == "adapter":
-            wrapped.add_adapter(size)
-        elif peft == "lora":
-            wrapped.add_lora(size)
-        elif peft == "ssf":
-            wrapped.add_ssf()
-        elif peft == "vpt-deep":
-            wrapped.add_prompt(size, prompts_in=0 if index == 0 else size)
-        elif peft == "vpt-shallow" and index == 0:
-            wrapped.add_prompt(size, prompts_in=0)
-        elif peft == "full":
-            wrapped.unfreeze_all()
-        elif peft == "bitfit":
-            wrapped.unfreeze_bias()
-    return size
+    for method in methods:
+        tuned = method_layers(method, layers, len(blocks))
+        size = sizes.get(method)
+        ratio = aft_ratio_used(aft_ratio, num_classes, len(tuned), blocks[0].width, aft_loc)
+        for position, index in enumerate(tuned):
+            _add_tuner(blocks[index], method, size, prompted_before=position > 0,
+                       aft=(ratio, aft_loc, aft_seed))
+    return next(iter(sizes.values()), None)
+
+
+def _add_tuner(block: PeftBlock, method: str, size: Optional[int], prompted_before: bool, aft: tuple) -> None:
+    if method == "adaptformer":
+        block.add_adaptformer(size)
+    elif method == "adapter":
+        block.add_adapter(size)
+    elif method == "lora":
+        block.add_lora(size)
+    elif method == "ssf":
+        block.add_ssf()
+    elif method in ("vpt-deep", "vpt-shallow"):
+        # as the reference: a prompted block drops the prompts an earlier prompted block inserted
+        block.add_prompt(size, prompts_in=size if prompted_before else 0)
+    elif method == "aft":
+        block.add_aft(*aft)
+    elif method == "full":
+        block.unfreeze_all()
+    elif method == "bitfit":
+        block.unfreeze_bias()

@@ -59,5 +59,5 @@ def test_peft_summary_command_rejects_an_unknown_peft_in_one_line():
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         "error: --peft is 'magic', expected one of adaptformer, lora, adapter, vpt-shallow, vpt-deep, "
-        "ssf, bitfit, full, none"
+        "ssf, bitfit, full, none, aft"
     ]
