@@ -38,7 +38,7 @@ def measure(shard_dir: Path) -> dict[str, float]:
     from liftplus.data.manifest import read_manifest, shard_paths
     from liftplus.data.transforms import test_transform, tte_transform
     from liftplus.model import ModelConfig, build_model
-    from liftplus.train import predict_logits
+    from liftplus.inference import predict_logits
 
     model = build_model(ModelConfig(name=MODEL, pretrained=None, peft="adaptformer", num_classes=NUM_CLASSES))
     pre = model.preprocess

@@ -259,11 +259,12 @@ class Arms:
         return [i % n for i in range(batch * batches)]
 
     def our_step(self, model, loss_fn) -> Callable:
-        """``fit``'s step for one micro-batch (accumulation 1, bf16 on CUDA: no scaler)."""
+        """``fit``'s step for one micro-batch, by construction: ``liftplus.train_step.train_step``
+        (accumulation 1, bf16 on CUDA: no scaler), then the loss and accuracy reads fit makes."""
         import torch
 
-        from liftplus.errors import TrainingError
-        from liftplus.train import autocast_dtype
+        from liftplus.runtime import autocast_dtype
+        from liftplus.train_step import train_step
 
         device = self.device
         amp_dtype = autocast_dtype("auto", device)
@@ -272,14 +273,7 @@ class Arms:
                                     fused=True if device.type == "cuda" else None)
 
         def step(images, labels) -> int:
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(images)
-                loss = loss_fn(logits.float(), labels)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss is {loss.item()}")
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss, logits = train_step(model, loss_fn, images, labels, optimizer, amp_dtype=amp_dtype)
             n = labels.numel()
             loss.item()
             (logits.argmax(dim=1) == labels).sum().item()
@@ -295,7 +289,7 @@ class Arms:
     def our_model(self):
         """The model and loss of ``ours`` and ``model_only``, in train mode on the device, after
         ``set_determinism`` as ``fit`` calls it (``train.deterministic``'s default: true)."""
-        from liftplus.train import set_determinism
+        from liftplus.runtime import set_determinism
 
         set_determinism(0, True)
         model = self.build(sdpa=True).to(self.device)
@@ -424,12 +418,13 @@ class Arms:
         return self.model_only(compiled=True)
 
     def eval(self) -> dict[str, Any]:
-        """``predict_logits``' loop (``liftplus.train._inference``), without and with TTE."""
+        """``predict_logits``' loop (``liftplus.inference.run_inference``), without and with TTE."""
         import torch
 
         from liftplus.data.input_path import eval_input, finish_batch, resolve_hand_off
         from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
-        from liftplus.train import autocast_dtype, forward_crops
+        from liftplus.inference import forward_crops
+        from liftplus.runtime import autocast_dtype
 
         started = time.perf_counter()
         plan, device = self.plan, self.device

@@ -6,7 +6,7 @@ with the same attention: fused ``sdpa`` by default, open_clip's stock
 attention for the ``stock_attention_*`` figures); they differ only in
 ``peft``: ``adaptformer`` for lift+, ``full`` for fft.
 
-A step is what ``liftplus.train.fit`` does per batch on CPU: forward,
+A step is what ``liftplus.train.fit`` does per batch on CPU (its own ``train_step``): forward,
 logit-adjusted loss, backward, SGD (momentum 0.9, weight decay 5e-4,
 ``foreach=False``) step, zero_grad; ``set_determinism`` as in ``fit``. The
 step time is the median of the timed steps after a warm-up step, in two
@@ -95,7 +95,8 @@ def measure_arm(peft: str, sdpa: bool, warmup: int, steps: int) -> dict[str, flo
 
     from liftplus.losses import LogitAdjustedLoss
     from liftplus.model import ModelConfig, build_model
-    from liftplus.train import set_determinism
+    from liftplus.runtime import set_determinism
+    from liftplus.train_step import train_step
 
     set_determinism(0, True)
     model = build_model(ModelConfig(name="ViT-B-16", pretrained=None, peft=peft,
@@ -118,10 +119,7 @@ def measure_arm(peft: str, sdpa: bool, warmup: int, steps: int) -> dict[str, flo
     peak_kib = None
     for step in range(warmup + steps):
         started, cpu_started = time.perf_counter(), time.process_time()
-        loss = loss_fn(model(images).float(), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, _ = train_step(model, loss_fn, images, labels, optimizer)
         if step >= warmup:
             times.append(time.perf_counter() - started)
             cpu_times.append(time.process_time() - cpu_started)

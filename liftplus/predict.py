@@ -34,7 +34,7 @@ from liftplus.errors import DataError, OutputError, ParamsError
 from liftplus.io import atomic_path, write_json
 from liftplus.model.build import LiftModel
 from liftplus.model.checkpoint import checkpoint_classnames, model_from_checkpoint
-from liftplus.train import Distributed, autocast_dtype, pick_device
+from liftplus.runtime import Distributed, autocast_dtype, pick_device
 
 if TYPE_CHECKING:
     from liftplus.params import EvaluateParams

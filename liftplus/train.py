@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,7 +35,10 @@ from liftplus.errors import CheckpointError, TrainingError
 from liftplus.io import save_torch
 from liftplus.metrics import classification_metrics
 from liftplus.model.checkpoint import first_non_finite, load_trainable_state
+from liftplus.inference import run_inference
 from liftplus.progress import Progress, eta_text
+from liftplus.runtime import Distributed, autocast_dtype, init_distributed, pick_device, set_determinism
+from liftplus.train_step import NonFiniteLoss, train_step
 
 STATE_FORMAT = "liftplus-train-state/2"
 
@@ -62,17 +64,6 @@ class RunConfig:
     keep: str = "last"
     """``last``: the last epoch's weights (the reference's); ``best``: the best validated epoch's."""
     fingerprint: str = ""
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 @dataclass
@@ -162,50 +153,6 @@ def code_fingerprint() -> str:
     for name in sorted(import_closure(root / TRAINING_CODE, root)):
         digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
     return digest.hexdigest()[:16]
-
-
-def pick_device(name: str, dist_info: Distributed) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise TrainingError("train.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda", dist_info.local_rank)
-    return torch.device("cpu")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """Mixed precision on CUDA only: CPU autocast is slow with the stock attention (see DESIGN)."""
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    return torch.float16 if precision == "fp16" else torch.bfloat16
-
-
-def set_determinism(seed: int, deterministic: bool) -> None:
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-
-
-def distributed_from_env() -> Distributed:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Distributed()
-    return Distributed(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def init_distributed(info: Distributed, device: torch.device) -> None:
-    """One process group per run; each rank on its own GPU, set before NCCL starts (its
-    communicator, the decode of ``input: encoded`` and pinned copies then use that GPU)."""
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if info.world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world,
-                                device_id=device if device.type == "cuda" else None)
 
 
 def save_state(
@@ -387,23 +334,14 @@ def fit(
             labels = labels.to(device, non_blocking=True)
             last_of_step = (batch_idx + 1) % accum_steps == 0 or batch_idx + 1 == num_batches
             sync = contextlib.nullcontext() if last_of_step or dist_info.world == 1 else step_model.no_sync()
-            with sync, torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = step_model(images)
-                loss = loss_fn(logits.float(), labels)
-            if not torch.isfinite(loss):
+            try:
+                loss, logits = train_step(step_model, loss_fn, images, labels, optimizer, scaler, amp_dtype,
+                                          accum_steps, last_of_step, sync)
+            except NonFiniteLoss as bad:
                 raise TrainingError(
-                    f"train: loss is {loss.item()} at epoch {epoch + 1}, batch {batch_idx + 1}"
+                    f"train: loss is {bad.value} at epoch {epoch + 1}, batch {batch_idx + 1}"
                     f" (lr {lr:g}); lower train.lr or check the data"
-                )
-            scaled = loss / accum_steps
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            if last_of_step:
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                ) from None
 
             n, summed_loss = labels.numel(), loss.item() * labels.numel()
             seen, step_seen = seen + n, step_seen + n
@@ -491,77 +429,10 @@ def validation_scores(
     was_training = _unwrap(model).training
     model.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        logits, labels = _inference(model, validation.dataset, validation.batch_size, validation.workers, device,
+        logits, labels = run_inference(model, validation.dataset, validation.batch_size, validation.workers, device,
                                     precision, progress, "validate", validation.subset, validation.prefetch)
     model.train(was_training)
     m = classification_metrics(labels.tolist(), logits.argmax(dim=1).tolist(), validation.train_counts,
                                len(validation.train_counts))
     return {"acc": m["accuracy"], "acc_mean_class": m["mean_class_accuracy"],
             "acc_many": m["many"], "acc_medium": m["medium"], "acc_few": m["few"]}
-
-
-@torch.inference_mode()
-def _inference(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    dataset: ShardIndex,
-    batch_size: int,
-    workers: int,
-    device: torch.device,
-    precision: str,
-    progress: bool,
-    desc: str,
-    subset: Optional[list[int]] = None,
-    prefetch: int = 4,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``forward`` on every sample (or ``subset``) in order, with the labels.
-
-    A sample may be a stack of crops (TTE: ``(n_crops, C, H, W)``); the crops of
-    a batch go through the model as one ``n_crops * B`` forward and their
-    outputs are averaged, as the reference averages the logits of each crop.
-    """
-    amp_dtype = autocast_dtype(precision, device)
-    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=False, subset=subset)
-    loader = make_loader(dataset, sampler, workers, pin_memory=device.type == "cuda", prefetch=prefetch)
-    outputs, all_labels = [], []
-    shown = Progress(desc, sampler.num_samples, unit="img", enabled=progress)
-    for images, labels in loader:
-        images = finish_batch(dataset.transform, images, device)
-        outputs.append(forward_crops(forward, images, amp_dtype).cpu())
-        all_labels.append(labels)
-        shown.update(len(labels), line=lambda: f"{desc}: {shown.count:,}/{shown.total:,} images "
-                                               f"{shown.rate():,.0f} img/s ETA {shown.eta()}")
-    shown.close()
-    return torch.cat(outputs), torch.cat(all_labels)
-
-
-def forward_crops(
-    forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, amp_dtype: Optional[torch.dtype]
-) -> torch.Tensor:
-    """Float outputs of ``forward`` on a batch; a batch of crop stacks ``(B, n, C, H, W)`` goes
-    through as one ``n * B`` forward and each sample's ``n`` outputs are averaged."""
-    crops = images.dim() == 5
-    if crops:
-        b, n = images.shape[:2]
-        images = images.flatten(0, 1)
-    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        out = forward(images).float()
-    return out.view(b, n, -1).mean(dim=1) if crops else out
-
-
-def predict_logits(
-    model: nn.Module, dataset: ShardIndex, batch_size: int, workers: int, device: torch.device,
-    precision: str = "auto", progress: bool = True, prefetch: int = 4,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (TTE-averaged for stacked crops) and labels of every sample, in dataset order."""
-    model.to(device).eval()
-    return _inference(model, dataset, batch_size, workers, device, precision, progress, "evaluate",
-                      prefetch=prefetch)
-
-
-def predict_features(
-    model: nn.Module, dataset: ShardIndex, subset: list[int], batch_size: int, workers: int,
-    device: torch.device, precision: str = "auto", progress: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Head-input features and labels of the samples in ``subset``."""
-    model.to(device).eval()
-    return _inference(model.features, dataset, batch_size, workers, device, precision, progress, "features", subset)

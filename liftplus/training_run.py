@@ -28,16 +28,9 @@ from liftplus.model.build import LiftModel, ModelConfig, build_model
 from liftplus.model.checkpoint import save_checkpoint
 from liftplus.model.heads import class_mean_weights, linear_probe_weights
 from liftplus.params import Params, TrainParams
-from liftplus.train import (
-    Distributed,
-    RunConfig,
-    Validation,
-    code_fingerprint,
-    distributed_from_env,
-    pick_device,
-    predict_features,
-    run_fingerprint,
-)
+from liftplus.inference import predict_features
+from liftplus.runtime import Distributed, distributed_from_env, pick_device
+from liftplus.train import RunConfig, Validation, code_fingerprint, run_fingerprint
 
 INIT_IMAGES_PER_CLASS = 100
 """Images per class for the class-mean and linear-probe inits (the reference's DownSampler)."""

@@ -15,7 +15,8 @@ from liftplus.io import json_text, write_texts
 from liftplus.locks import output_lock
 from liftplus.model.checkpoint import model_from_checkpoint
 from liftplus.params import load_params
-from liftplus.train import Distributed, pick_device, predict_logits
+from liftplus.inference import predict_logits
+from liftplus.runtime import Distributed, pick_device
 from stages import stage_parser
 
 

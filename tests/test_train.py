@@ -26,16 +26,9 @@ from liftplus.data.transforms import test_transform as eval_transform
 from liftplus.data.transforms import train_transform, tte_transform
 from liftplus.errors import CheckpointError, TrainingError
 from liftplus.model import ModelConfig, build_model
-from liftplus.train import (
-    Interrupted,
-    RunConfig,
-    StopRequest,
-    distributed_from_env,
-    fit,
-    predict_features,
-    predict_logits,
-    trainable_state,
-)
+from liftplus.inference import predict_features, predict_logits
+from liftplus.runtime import distributed_from_env
+from liftplus.train import Interrupted, RunConfig, StopRequest, fit, trainable_state
 
 NUM_CLASSES, PER_CLASS, EPOCHS = 4, 12, 2
 CPU = torch.device("cpu")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -29,10 +28,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from liftplus.data.images import open_image
+from liftplus.data.shards import read_samples
 from liftplus.errors import DataError
-
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "npy")
-
 
 @dataclass(frozen=True)
 class IndexedSample:
@@ -44,58 +41,9 @@ class IndexedSample:
     label: int
 
 
-def _split_name(name: str) -> tuple[str, str]:
-    """WebDataset's rule: the key is the path up to the first dot of the basename."""
-    directory, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{directory}/{stem}" if directory else stem), ext.lower()
-
-
 def index_shard(path: str | Path, shard_id: int = 0) -> list[IndexedSample]:
     """Offsets of every image in one tar, with its label from ``{key}.cls``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: shard not found")
-    file_size = path.stat().st_size
-    images: dict[str, tuple[int, int, str]] = {}
-    labels: dict[str, int] = {}
-    order: list[str] = []
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                if member.offset_data + member.size > file_size:
-                    raise DataError(f"{path}: truncated tar (member {member.name} runs past the end)")
-                key, ext = _split_name(member.name)
-                if ext in IMAGE_EXTENSIONS:
-                    if key in images:
-                        raise DataError(f"{path}: sample {key} has more than one image")
-                    images[key] = (member.offset_data, member.size, ext)
-                    order.append(key)
-                elif ext == "cls":
-                    raw = tar.extractfile(member).read()
-                    try:
-                        labels[key] = int(raw.decode("ascii").strip())
-                    except ValueError:
-                        raise DataError(f"{path}: {member.name} is not an integer label") from None
-            end = tar.offset
-        _check_end_of_archive(path, end)
-    except (tarfile.TarError, EOFError) as exc:
-        raise DataError(f"{path}: corrupt tar ({exc})") from None
-    missing = [k for k in order if k not in labels]
-    if missing:
-        raise DataError(f"{path}: sample {missing[0]} has an image but no .cls label")
-    return [IndexedSample(shard_id, k, *images[k][:2], images[k][2], labels[k]) for k in order]
-
-
-def _check_end_of_archive(path: Path, offset: int) -> None:
-    """tarfile stops quietly at a header cut short or garbled after the first; the end marker must follow."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        tail = f.read(2 * tarfile.BLOCKSIZE)
-    if len(tail) != 2 * tarfile.BLOCKSIZE or tail.count(0) != len(tail):
-        raise DataError(f"{path}: truncated or corrupt tar (no end-of-archive marker at byte {offset})")
+    return [IndexedSample(shard_id, s.key, s.offset, s.size, s.ext, s.label) for s in read_samples(path)]
 
 
 class ShardIndex(Dataset):

@@ -47,7 +47,7 @@ def test_second_shard_or_evaluate_stage_on_the_same_output_is_refused(tmp_path, 
     out = tmp_path / "out" / stage
     args = {
         "shard": ("liftplus.data.shards:_Shard.close", ["--params", params_file, "--out", out]),
-        "evaluate": ("liftplus.train:predict_logits",
+        "evaluate": ("liftplus.inference:predict_logits",
                      ["--params", params_file, "--shards", shards, "--model", checkpoint, "--out", out]),
     }
     target, stage_args = args[stage]

@@ -1,0 +1,73 @@
+"""Where and how a run computes: the device, mixed precision, determinism, the process group.
+
+Shared by training, evaluation, prediction and the benchmarks, so none of them imports the
+training loop to learn which device to use.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from liftplus.errors import TrainingError
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(name: str, dist_info: Distributed) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise TrainingError("train.device is 'cuda' but no CUDA device is available")
+        return torch.device("cuda", dist_info.local_rank)
+    return torch.device("cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """Mixed precision on CUDA only: CPU autocast is slow with the stock attention (see DESIGN)."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def set_determinism(seed: int, deterministic: bool) -> None:
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def distributed_from_env() -> Distributed:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed()
+    return Distributed(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_distributed(info: Distributed, device: torch.device) -> None:
+    """One process group per run; each rank on its own GPU, set before NCCL starts (its
+    communicator, the decode of ``input: encoded`` and pinned copies then use that GPU)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if info.world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world,
+                                device_id=device if device.type == "cuda" else None)
+
+
