@@ -7,14 +7,13 @@ silently training a head that belongs to another dataset or model.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from liftplus.errors import CheckpointError
-from liftplus.io import save_torch
+from liftplus.io import load_torch, save_torch
 
 TEXT_INIT_FORMAT = "liftplus-text-init/1"
 
@@ -44,14 +43,7 @@ def load_text_init(path: str | Path, classnames: Sequence[str], fingerprint: str
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: head init not found; run the init_head stage (dvc repro init_head)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's text for it suggests weights_only=False: never here
-        raise CheckpointError(
-            f"{path}: refused, holds objects other than tensors and plain types (weights_only load)"
-        ) from None
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a loadable head init ({str(exc).splitlines()[0]})") from None
+    payload = load_torch(path, "head init", "; rerun init_head")
     if not isinstance(payload, dict) or payload.get("format") != TEXT_INIT_FORMAT:
         raise CheckpointError(f"{path}: not a liftplus head init (format {TEXT_INIT_FORMAT} expected)")
     if list(payload["classnames"]) != list(classnames):

@@ -11,14 +11,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping
+from typing import Any, BinaryIO, Iterator, Mapping, Sequence
 
-from liftplus.errors import OutputError
+from liftplus.errors import CheckpointError, OutputError
 
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 """Errors that only a write can raise: when one surfaces, the output being written is the culprit."""
@@ -240,6 +241,38 @@ def save_torch(obj: Any, path: str | Path) -> None:
             if recorder.error is not None:
                 raise recorder.error from None
             raise
+
+
+def load_torch(path: str | Path, what: str, then: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: the one way the project reads a torch file.
+
+    A file holding pickled objects other than tensors and plain types is refused
+    before any of it runs; one that is no torch file is a one-line CheckpointError
+    naming ``path`` and ``what`` it should have been (``then``: what to do about it).
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's text for it suggests weights_only=False: never here
+        raise CheckpointError(
+            f"{path}: refused, holds objects other than tensors and plain types (weights_only load)"
+        ) from None
+    except Exception as exc:  # RuntimeError, EOFError, IndexError, zip errors... on bytes that are no torch file
+        raise CheckpointError(f"{path}: corrupt or not a {what} ({error_reason(exc)}){then}") from None
+
+
+def csv_text(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """The CSV of ``rows`` (dicts) with a header: ``columns``, or the first row's keys."""
+    import csv
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns or (rows[0] if rows else ["empty"])), lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256", chunk_size: int = 1 << 20) -> str:

@@ -11,7 +11,6 @@ evaluated with, so that ``liftplus predict`` runs the same by default.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
@@ -31,7 +30,7 @@ from liftplus.data.images import (
 )
 from liftplus.data.transforms import eval_resize, test_transform, to_rgb, tte_transform
 from liftplus.errors import DataError, OutputError, ParamsError
-from liftplus.io import atomic_path, write_json
+from liftplus.io import csv_text, write_json, write_text
 from liftplus.model.build import LiftModel
 from liftplus.model.checkpoint import checkpoint_classnames, model_from_checkpoint
 from liftplus.runtime import Distributed, autocast_dtype, pick_device
@@ -324,9 +323,6 @@ def write_predictions(path: Path, results: Sequence[ImagePredictions]) -> None:
     if path.suffix.lower() == ".json":
         write_json(path, [r.to_dict() for r in results])
         return
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for result in results:
-            for rank, p in enumerate(result.predictions, start=1):
-                writer.writerow([str(result.path), rank, p.classname, p.label, repr(p.probability)])
+    rows = [dict(zip(CSV_COLUMNS, (str(result.path), rank, p.classname, p.label, repr(p.probability))))
+            for result in results for rank, p in enumerate(result.predictions, start=1)]
+    write_text(path, csv_text(rows, CSV_COLUMNS))

@@ -32,7 +32,7 @@ from liftplus.code_closure import import_closure
 from liftplus.data.input_path import finish_batch
 from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
 from liftplus.errors import CheckpointError, TrainingError
-from liftplus.io import save_torch
+from liftplus.io import load_torch, save_torch
 from liftplus.metrics import classification_metrics
 from liftplus.model.checkpoint import first_non_finite, load_trainable_state
 from liftplus.inference import run_inference
@@ -188,10 +188,7 @@ def load_state(path: Path, cfg: RunConfig) -> Optional[dict]:
     """The saved state of this same run, or None (a state of another run is ignored)."""
     if not path.is_file():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable training state ({str(exc).splitlines()[0]}); delete it to start over") from None
+    state = load_torch(path, "training state", "; delete it to start over")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not a liftplus training state; delete it to start over")
     if state.get("fingerprint") != cfg.fingerprint:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 
 from liftplus.data.loader import ShardIndex
 from liftplus.data.manifest import read_manifest, shard_paths
@@ -11,21 +9,13 @@ from liftplus.data.input_path import eval_input, resolve_hand_off
 from liftplus.errors import DataError, exit_on_error
 from liftplus.evaluate import check_classnames, evaluation_report
 from liftplus.metric_names import TEST_SECTION
-from liftplus.io import json_text, write_texts
+from liftplus.io import csv_text, json_text, write_texts
 from liftplus.locks import output_lock
 from liftplus.model.checkpoint import model_from_checkpoint
 from liftplus.params import load_params
 from liftplus.inference import predict_logits
 from liftplus.runtime import Distributed, pick_device
 from stages import stage_parser
-
-
-def csv_text(rows: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["empty"])
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 @exit_on_error

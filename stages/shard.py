@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from liftplus.data.shards import atomic_directory
+from liftplus.data.shard_writer import atomic_directory
 from liftplus.data.sharding import shard_source
 from liftplus.data.sources import open_source
 from liftplus.errors import OutputError, Stopped, exit_on_error, stop_on_signals

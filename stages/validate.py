@@ -8,7 +8,6 @@ A failed expectation prints one line per failure and exits 1; nothing is written
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 from liftplus.data.expectations import TRAIN_SPLIT, ValidationReport, validate_shards
 from liftplus.data.longtail import count_curve, longtail_metrics
 from liftplus.errors import ValidationFailed, exit_on_error
-from liftplus.io import atomic_path, write_json
+from liftplus.io import csv_text, write_json, write_text
 from liftplus.params import load_params
 
 CURVE_COLUMNS = ("rank", "label", "class", "count")
@@ -33,10 +32,7 @@ def print_failures(report: ValidationReport, shard_dir: Path) -> None:
 def write_outputs(report: ValidationReport, out_dir: Path) -> tuple[Path, Path]:
     metrics_path, curve_path = out_dir / "longtail.json", out_dir / "class_counts.csv"
     train_counts = report.manifest["splits"][TRAIN_SPLIT]["class_counts"]
-    with atomic_path(curve_path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(count_curve(train_counts, report.manifest["classnames"]))
+    write_text(curve_path, csv_text(count_curve(train_counts, report.manifest["classnames"]), CURVE_COLUMNS))
     write_json(metrics_path, longtail_metrics(report.counts_by_split(), TRAIN_SPLIT))
     return metrics_path, curve_path
 

@@ -219,7 +219,7 @@ def test_finished_state_is_reused_but_another_runs_state_is_ignored(shards, refe
 def test_unreadable_state_is_a_checkpoint_error(shards, tmp_path):
     state_path = tmp_path / "state.pt"
     state_path.write_bytes(b"not a torch file")
-    with pytest.raises(CheckpointError, match=r"state\.pt: unreadable training state"):
+    with pytest.raises(CheckpointError, match=r"state\.pt: corrupt or not a training state"):
         train(shards, state_path)
     torch.save({"format": "something-else"}, state_path)
     with pytest.raises(CheckpointError, match=r"state\.pt: not a liftplus training state"):

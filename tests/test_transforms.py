@@ -9,6 +9,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from liftplus.data.images import resize_shape
 from liftplus.data.transforms import (
     MinimalistRandomResizedCrop,
     eval_resize,
@@ -16,7 +17,6 @@ from liftplus.data.transforms import (
     five_crop_boxes,
     mda_min_scale,
     normalize_batch,
-    resize_shape,
     sample_mda_box,
     sample_rrc_box,
     test_transform as make_test_transform,

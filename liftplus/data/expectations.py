@@ -9,7 +9,7 @@ becomes one :class:`Failure` line saying which expectation failed on what, with
 examples.
 
 Manifest and shard reading are the shard writer's (``liftplus.data.manifest``,
-``liftplus.data.shards``). ``read_manifest`` already refuses a manifest whose
+``liftplus.data.shard_reader``). ``read_manifest`` already refuses a manifest whose
 counts disagree with each other; the suite checks them again, so its verdict
 does not depend on who wrote or read the manifest.
 """
@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from liftplus import offline
+from liftplus.data.shard_reader import iter_shard
 from liftplus.data.manifest import MANIFEST_NAME, read_manifest, verify_checksums
 from liftplus.errors import DataError
 
@@ -113,8 +114,6 @@ class ShardFacts:
 
 
 def read_shard_facts(manifest: dict, shard_dir: Path, sample_size: int) -> ShardFacts:
-    from liftplus.data.shards import iter_shard  # imports webdataset, hence torch: only when needed
-
     records: dict[str, pd.DataFrame] = {}
     shard_rows: list[dict[str, Any]] = []
     label_rows: list[dict[str, Any]] = []

@@ -73,11 +73,12 @@ def encode_png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """Short side set to ``short_side``, long side truncated as torchvision's Resize(int)."""
-    if width <= height:
-        return short_side, int(short_side * height / width)
-    return int(short_side * width / height), short_side
+def resize_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(height, width) after torchvision's ``Resize(short_side)``: short side scaled to ``short_side``,
+    long side truncated. The one rule for the shard stage's stored size and the transforms' resize."""
+    if height <= width:
+        return short_side, int(short_side * width / height)
+    return int(short_side * height / width), short_side
 
 
 def to_eight_bit(image: Image.Image) -> Image.Image:
@@ -208,7 +209,8 @@ def prepare_photo(raw: bytes, max_short_side: int, max_pixels: int = DEFAULT_MAX
     image = ImageOps.exif_transpose(image)
     image = to_eight_bit(image)
     if too_large:
-        size = resized_size(*image.size, max_short_side)
+        height, width = resize_shape(image.height, image.width, max_short_side)
+        size = (width, height)
         image = image.resize(size, Image.Resampling.BICUBIC)
     buffer = io.BytesIO()
     if source_format == "JPEG":

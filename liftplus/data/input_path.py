@@ -37,13 +37,13 @@ from torchvision.transforms import functional as TF
 from liftplus.data.buffers import ReusedBuffers
 from liftplus.data.images import open_image
 from liftplus.errors import DataError
+from liftplus.data.images import resize_shape
 from liftplus.data.transforms import (
     BICUBIC,
     Box,
     eval_resize,
     five_crop_boxes,
     normalize_batch,
-    resize_shape,
     test_transform,
     to_rgb,
     to_uint8_tensor,

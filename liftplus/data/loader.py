@@ -28,7 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from liftplus.data.images import open_image
-from liftplus.data.shards import read_samples
+from liftplus.data.shard_reader import read_samples
 from liftplus.errors import DataError
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from liftplus.data.images import PIXELS_EXT, as_pixels
 from liftplus.data.manifest import MANIFEST_NAME, build_manifest, split_entry
-from liftplus.data.shards import write_split_shards
+from liftplus.data.shard_writer import write_split_shards
 from liftplus.data.sources import Record, SourceData
 from liftplus.errors import DataError
 from liftplus.io import write_json

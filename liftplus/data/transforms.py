@@ -110,13 +110,6 @@ def sample_rrc_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def resize_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """(height, width) after ``Resize(short_side)``: short side scaled to ``short_side``, long side truncated."""
-    if height <= width:
-        return short_side, int(short_side * width / height)
-    return int(short_side * height / width), short_side
-
-
 def five_crop_boxes(height: int, width: int, res: int) -> list[Box]:
     """Boxes of torchvision's ``FiveCrop(res)`` on a ``height x width`` image: tl, tr, bl, br, centre."""
     bottom, right = height - res, width - res

@@ -12,7 +12,6 @@ own tensors, so that a small file cannot make a reader build a huge model.
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -22,7 +21,7 @@ import torch
 from pydantic import ValidationError
 
 from liftplus.errors import CheckpointError, ParamsError
-from liftplus.io import save_torch
+from liftplus.io import load_torch, save_torch
 from liftplus.model.backbone import backbone_fingerprint
 from liftplus.model.build import LiftModel, ModelConfig, build_model
 from liftplus.model.peft import aft_count, aft_ratio_used, method_layers, tuned_blocks, tuner_sizes
@@ -53,14 +52,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(
-            f"{path}: refused, holds objects other than tensors and plain types (weights_only load)"
-        ) from None
-    except Exception as exc:  # torch raises RuntimeError, EOFError, IndexError, zip errors... on bytes that are no checkpoint
-        raise CheckpointError(f"{path}: corrupt or not a torch checkpoint ({type(exc).__name__})") from None
+    ckpt = load_torch(path, "torch checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a liftplus adapter checkpoint (expected format '{FORMAT}')")
     for key, kind in (("config", dict), ("state", dict), ("backbone_fingerprint", str)):

@@ -15,7 +15,7 @@ from liftplus.data.images import (
     encode_png,
     error_reason,
     prepare_photo,
-    resized_size,
+    resize_shape,
 )
 
 
@@ -60,8 +60,8 @@ def test_large_jpeg_is_resized_to_the_short_side_and_stays_jpeg():
 
 
 def test_portrait_long_side_as_torchvision_resize():
-    assert resized_size(375, 500, 256) == (256, 341)
-    assert resized_size(500, 375, 256) == (341, 256)
+    assert resize_shape(375, 500, 256) == (256, 341)
+    assert resize_shape(500, 375, 256) == (341, 256)
     raw = image_bytes(gradient(375, 500), "PNG")
     stored = prepare_photo(raw, max_short_side=256)
     assert stored.ext == "png" and opened(stored.data).size == (256, 341)

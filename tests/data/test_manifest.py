@@ -6,7 +6,7 @@ import pytest
 from liftplus.data.manifest import (
     build_manifest, read_manifest, shard_paths, split_entry, verify_checksums,
 )
-from liftplus.data.shards import write_split_shards
+from liftplus.data.shard_writer import write_split_shards
 from liftplus.data.sources import Record
 from liftplus.errors import DataError
 from liftplus.io import write_json

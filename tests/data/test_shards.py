@@ -8,7 +8,8 @@ import webdataset as wds
 from PIL import Image
 
 from liftplus.data.images import encode_png
-from liftplus.data.shards import atomic_directory, iter_shard, write_split_shards
+from liftplus.data.shard_reader import iter_shard
+from liftplus.data.shard_writer import atomic_directory, write_split_shards
 from liftplus.data.sources import Record
 from liftplus.errors import DataError
 from liftplus.io import sha256_file

@@ -4,7 +4,7 @@ import yaml
 
 from fake_raw_data import make_fashion_mnist, save_image
 from liftplus.data.manifest import read_manifest, verify_checksums
-from liftplus.data.shards import iter_shard
+from liftplus.data.shard_reader import iter_shard
 from stages.shard import main
 
 def write_params(tmp_path, **data):

@@ -46,7 +46,7 @@ def test_second_shard_or_evaluate_stage_on_the_same_output_is_refused(tmp_path, 
     """The first run is held in the middle of its work (a tar half-written; the test split predicted)."""
     out = tmp_path / "out" / stage
     args = {
-        "shard": ("liftplus.data.shards:_Shard.close", ["--params", params_file, "--out", out]),
+        "shard": ("liftplus.data.shard_writer:_Shard.close", ["--params", params_file, "--out", out]),
         "evaluate": ("liftplus.inference:predict_logits",
                      ["--params", params_file, "--shards", shards, "--model", checkpoint, "--out", out]),
     }

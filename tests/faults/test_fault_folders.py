@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from faultkit import assert_nothing_left, assert_one_line_error, invoke, run_stage, write_params
-from liftplus.data.shards import iter_shard
+from liftplus.data.shard_reader import iter_shard
 from liftplus.data.sources.longtail_subsample import longtail_counts
 from test_fault_raw_data import png
 

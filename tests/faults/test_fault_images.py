@@ -67,7 +67,7 @@ def shard_folder(tmp_path: Path, base: Path, root: Path, **data):
 
 
 def stored_images(shards: Path) -> dict[str, Image.Image]:
-    from liftplus.data.shards import iter_shard
+    from liftplus.data.shard_reader import iter_shard
 
     manifest = json.loads((shards / "manifest.json").read_text())
     images = {}

@@ -187,7 +187,7 @@ def test_same_metrics_with_worker_processes(copies, pipeline_runs, tmp_path):
     assert (out / "metrics" / "eval.json").read_text() == (b / "data/metrics/eval.json").read_text()
 
 
-SHARD_WRITE = "liftplus.data.shards:_Shard.close"
+SHARD_WRITE = "liftplus.data.shard_writer:_Shard.close"
 """The shard stage held here has its first tar half-written in its temporary folder."""
 
 

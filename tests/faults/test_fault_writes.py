@@ -59,11 +59,11 @@ def disk_with_room(room: int):
 
 def test_disk_full_while_writing_shards(tmp_path, monkeypatch, params_file, shards):
     """Full after 40 kB, in the middle of the first tar; a previous good shard folder stays as it was."""
-    import liftplus.data.shards
+    import liftplus.data.shard_writer
 
     out = Path(shutil.copytree(shards, tmp_path / "out" / "shards"))
     before = tree(out)
-    monkeypatch.setattr(liftplus.data.shards, "open", disk_with_room(40_000), raising=False)
+    monkeypatch.setattr(liftplus.data.shard_writer, "open", disk_with_room(40_000), raising=False)
     done = invoke("shard", "--params", params_file, "--out", out)
     assert_one_line_error(done, f"{out}: cannot write shards (No space left on device); nothing was written")
     assert_nothing_left(tmp_path / "out", {f"shards/{name}": content for name, content in before.items()})
