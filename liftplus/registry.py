@@ -27,7 +27,6 @@ from liftplus.params import RegisterParams
 
 METRIC_KEYS = ACCURACY_KEYS
 """The accuracies a version records and ``liftplus models`` shows (eval.json's ``test`` section)."""
-DVC_CACHE = Path(".dvc/cache")
 
 
 @dataclass(frozen=True)
@@ -326,22 +325,28 @@ def _latest_in_stage(candidates: list[ModelVersion], stage: str, repo: str | Pat
     return candidates[-1]
 
 
-def cached_file(md5: str, cache_dir: str | Path) -> Path:
-    """Where DVC 3 keeps a file with this md5: ``<cache>/files/md5/ab/cdef...``."""
-    return Path(cache_dir) / "files" / "md5" / md5[:2] / md5[2:]
+def cached_file(md5: str, repo: str | Path) -> Path:
+    """Where the repo's DVC cache keeps the file with this md5, as DVC itself says: its cache
+    may be configured elsewhere (``dvc cache dir``), and its layout is DVC's to change."""
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(repo)) as dvc_repo:
+            return Path(dvc_repo.cache.local.oid_to_path(md5))
+    except Exception as exc:  # not a DVC repo, a broken config: DVC raises many types
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{repo}: cannot open its DVC cache ({reason})") from None
 
 
 def resolve_model(
     version_or_path: str | Path,
     repo: str | Path = ".",
     name: Optional[str] = None,
-    cache_dir: str | Path | None = None,
 ) -> Path:
     """A model file from a path (returned as is) or a registered version or stage.
 
-    A version's file is looked up by the md5 in its tag: first in the DVC cache
-    (``cache_dir``, default ``<repo>/.dvc/cache``), then at its recorded path in
-    the repo if that file still has the same md5.
+    A version's file is looked up by the md5 in its tag: first in the repo's DVC
+    cache, then at its recorded path in the repo if that file still has the same md5.
     """
     text = str(version_or_path)
     if Path(text).is_file():
@@ -351,8 +356,7 @@ def resolve_model(
     version = find_version(text, repo, name)
     if not version.md5:
         raise CheckpointError(f"model '{text}': tag {version.tag} does not record the model's md5")
-    cache = Path(cache_dir) if cache_dir is not None else Path(repo) / DVC_CACHE
-    candidate = cached_file(version.md5, cache)
+    candidate = cached_file(version.md5, repo)
     if candidate.is_file():
         return candidate
     if version.path:
@@ -360,6 +364,6 @@ def resolve_model(
         if in_repo.is_file() and md5_file(in_repo) == version.md5:
             return in_repo
     raise CheckpointError(
-        f"model '{text}': {version.tag} (md5 {version.md5}) is not in the DVC cache {cache}; "
+        f"model '{text}': {version.tag} (md5 {version.md5}) is not in the DVC cache ({candidate}); "
         f"`dvc pull` or `dvc repro` it"
     )

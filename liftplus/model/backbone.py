@@ -203,6 +203,6 @@ def image_features(visual: VisionTransformer, images: torch.Tensor) -> torch.Ten
     x = visual.transformer(x)
     if x.shape[1] > num_tokens:
         x = torch.cat([x[:, :1], x[:, x.shape[1] - (num_tokens - 1):]], dim=1)
-    pooled, _ = visual._pool(x)
+    pooled, _ = visual._pool(x)  # private in open_clip 3.3: pinned in pyproject.toml, checked by a test
     return pooled
 
