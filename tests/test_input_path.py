@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from helpers_shards import sample, write_tar
+from shard_tars import sample, write_tar
 from liftplus.data.input_path import (
     EncodedBatch,
     EncodedInput,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_shards import class_image, sample, write_shards, write_tar
+from shard_tars import class_image, sample, write_shards, write_tar
 from liftplus.data.loader import EpochBatchSampler, ShardIndex, index_shard, make_loader
 from liftplus.data.transforms import test_transform as eval_transform
 from liftplus.data.transforms import train_transform

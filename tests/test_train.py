@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers_shards import write_shards
+from shard_tars import write_shards
 from liftplus.data.loader import ShardIndex
 from liftplus.data.transforms import test_transform as eval_transform
 from liftplus.data.transforms import train_transform, tte_transform

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_shards import class_image, write_shards
+from shard_tars import class_image, write_shards
 from liftplus.data.loader import ShardIndex
 from liftplus.data.transforms import test_transform as eval_transform
 from liftplus.data.transforms import train_transform

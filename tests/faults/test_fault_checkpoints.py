@@ -17,7 +17,7 @@ from faultkit import (
     Outcome, assert_nothing_left, assert_one_line_error, invoke, run_stage, save_untrained_checkpoint, stage_env,
     write_params,
 )
-from test_fault_params import limit_memory
+from faultkit import limit_memory
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

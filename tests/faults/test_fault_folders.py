@@ -20,7 +20,7 @@ from PIL import Image
 from faultkit import assert_nothing_left, assert_one_line_error, invoke, run_stage, write_params
 from liftplus.data.shard_reader import iter_shard
 from liftplus.data.sources.longtail_subsample import longtail_counts
-from test_fault_raw_data import png
+from fake_raw_data import png
 
 MEMORY_LIMIT = 2 << 30
 """Heap of a stage process that must never read a device: reading /dev/zero there ends in MemoryError."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from faultkit import assert_nothing_left, assert_one_line_error, invoke, run_stage, write_params
+from faultkit import assert_nothing_left, assert_one_line_error, invoke, limit_memory, run_stage, write_params
 
 STAGES = ("shard", "validate", "init_head", "train", "evaluate")
 
@@ -114,17 +114,6 @@ def test_an_empty_params_file_is_refused(text, tmp_path, shards):
     assert_nothing_left(out)
 
 
-GIB = 1 << 30
-
-
-def limit_memory(limit: int = 4 * GIB):
-    """A preexec_fn capping a child process's address space (importing torch takes about 3 GiB of it here)."""
-    import resource
-
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    return apply
 
 
 def billion_laughs(levels: int = 9) -> str:

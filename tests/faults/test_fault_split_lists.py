@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from faultkit import assert_nothing_left, assert_one_line_error
-from test_fault_raw_data import shard, split_list_data
+from fake_raw_data import split_list_data
+from faultkit import shard
 
 
 def edit_line(path: Path, index: int, text: str) -> None:

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-if str(PROJECT_ROOT) not in sys.path:  # `flows` is not an installed package
-    sys.path.insert(0, str(PROJECT_ROOT))
+from liftplus import offline
 
-from liftplus import offline  # noqa: E402
 
 # Before anything imports prefect: offline, and no state outside temp dirs.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="liftplus-prefect-home-"))

@@ -154,3 +154,22 @@ def save_untrained_checkpoint(path: Path, params_file: Path, classnames: list[st
     config = ModelConfig.for_method(load_params(params_file).model, "lift+", len(classnames))
     save_checkpoint(path, build_model(config), config, extra={"classnames": list(classnames)})
     return path
+
+
+def shard(tmp_path: Path, base: Path, **data) -> tuple:
+    params = write_params(tmp_path / "params.yaml", base, data=data)
+    out = tmp_path / "out" / "shards"
+    return invoke("shard", "--params", params, "--out", out), out
+
+
+GIB = 1 << 30
+
+
+def limit_memory(limit: int = 4 * GIB):
+    """A preexec_fn capping a child process's address space (importing torch takes about 3 GiB of it here)."""
+    import resource
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply

@@ -110,3 +110,31 @@ def image_bytes(image: Image.Image, fmt: str, **save_kw) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save_kw)
     return buffer.getvalue()
+
+
+SPLIT_LIST_NAMES = ["cat", "dog", "owl"]
+
+
+def png(seed: int, size: int = 12) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def split_list_data(root: Path, names=SPLIT_LIST_NAMES, train_labels=(0, 1, 2) * 4, test_labels=(0, 1, 2)) -> dict:
+    """Images under ``root/images``, one list per split and a class-names file; the data params."""
+    lists = {}
+    for split, labels in (("train", train_labels), ("test", test_labels)):
+        lines = []
+        for i, label in enumerate(labels):
+            relative = f"{split}/{label}/{i:03d}.png"
+            (root / "images" / relative).parent.mkdir(parents=True, exist_ok=True)
+            (root / "images" / relative).write_bytes(png(100 * label + i))
+            lines.append(f"{relative} {label}")
+        lists[split] = root / f"{split}.txt"
+        lists[split].write_text("\n".join(lines) + "\n")
+    (root / "classnames.txt").write_text("\n".join(names) + "\n")
+    return {"source": "split-list", "root": str(root / "images"), "lists": str(root), "imbalance_ratio": 1,
+            "classnames": str(root / "classnames.txt"), "train_list": str(lists["train"]),
+            "test_list": str(lists["test"]), "shard_max_samples": 4}
