@@ -45,14 +45,23 @@ RUN_FIGURES = {
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="smaller inputs and fewer repeats")
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
-    parser.add_argument("--budget", type=float, default=600,
-                        help="seconds the whole run should take; optional parts are skipped past it (default 600)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="scratch folder to keep (and reuse generated inputs from); default: a temp dir")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=600,
+        help="seconds the whole run should take; optional parts are skipped past it (default 600)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="scratch folder to keep (and reuse generated inputs from); default: a temp dir",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]

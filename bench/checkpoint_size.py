@@ -48,8 +48,10 @@ def measure() -> dict[str, float]:
 
 def run(ctx: BenchContext) -> dict[str, float]:
     figures = run_child("bench.checkpoint_size", [], timeout=600)
-    ctx.log(f"checkpoint {figures['checkpoint_bytes'] / 2**20:.1f} MiB, "
-            f"full model {figures['full_model_bytes'] / 2**20:.0f} MiB")
+    ctx.log(
+        f"checkpoint {figures['checkpoint_bytes'] / 2**20:.1f} MiB, "
+        f"full model {figures['full_model_bytes'] / 2**20:.0f} MiB"
+    )
     return figures
 
 

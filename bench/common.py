@@ -9,9 +9,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from liftplus import offline
 
@@ -45,7 +45,15 @@ def offline_env(**extra: str) -> dict[str, str]:
 
 
 PROJECT_FILES = (
-    "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", "stages", "liftplus", "flows", "lists", "prefect.yaml"
+    "dvc.yaml",
+    "params.yaml",
+    ".dvc/config",
+    ".dvcignore",
+    "stages",
+    "liftplus",
+    "flows",
+    "lists",
+    "prefect.yaml",
 )
 
 
@@ -65,20 +73,20 @@ def copy_project(dest: Path, edit_params: Callable[[str], str] | None = None, au
         params = dest / "params.yaml"
         params.write_text(edit_params(params.read_text()))
     (dest / ".gitignore").write_text("/data/\n/dvclive/\n/.prefect/\n__pycache__/\n")
-    for cmd in (["git", "init", "-q", "-b", "main"],
-                ["git", "config", "user.email", "project-copy@liftplus.invalid"],
-                ["git", "config", "user.name", author],
-                ["git", "add", "-A"],
-                ["git", "commit", "-qm", "project copy"]):
+    for cmd in (
+        ["git", "init", "-q", "-b", "main"],
+        ["git", "config", "user.email", "project-copy@liftplus.invalid"],
+        ["git", "config", "user.name", author],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "project copy"],
+    ):
         result = subprocess.run(cmd, cwd=dest, env=offline_env(), capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"{dest}: {' '.join(cmd)} exited {result.returncode}: {result.stderr.strip()}")
     return dest
 
 
-def run_child(
-    module: str, args: Sequence[str], timeout: float, env: dict[str, str] | None = None
-) -> dict[str, float]:
+def run_child(module: str, args: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> dict[str, float]:
     """Run ``python -m module args`` in a fresh process (``env`` added to its environment);
     return the dict it reported with :func:`report`."""
     cmd = [sys.executable, "-m", module, *args]
@@ -89,7 +97,7 @@ def run_child(
     if result.returncode != 0 or not lines:
         tail = (result.stderr or result.stdout)[-2000:]
         raise RuntimeError(f"{' '.join(cmd)} exited {result.returncode}:\n{tail}")
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
 
 
 def report(figures: dict[str, float]) -> None:

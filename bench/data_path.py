@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import open_clip
 import torch
@@ -75,14 +75,22 @@ ARMS = {
 FIGURES = {
     "data_path_speedup": "ratio: our loader (pixel shards + uint8 hand-off) ÷ ImageFolder+PIL+torchvision, samples/s",
     "data_path_cpu_speedup": "ratio: ImageFolder ÷ ours (pixels + uint8) CPU seconds per sample, all processes",
-    **{f"data_path_{arm}_speedup": f"ratio: ours on {what} ÷ ImageFolder, samples/s"
-       for arm, what in ARMS.items() if arm != "pixels"},
-    **{f"data_path_{arm}_cpu_speedup": f"ratio: ImageFolder ÷ ours ({arm}) CPU seconds per sample"
-       for arm in ARMS if arm != "pixels"},
+    **{
+        f"data_path_{arm}_speedup": f"ratio: ours on {what} ÷ ImageFolder, samples/s"
+        for arm, what in ARMS.items()
+        if arm != "pixels"
+    },
+    **{
+        f"data_path_{arm}_cpu_speedup": f"ratio: ImageFolder ÷ ours ({arm}) CPU seconds per sample"
+        for arm in ARMS
+        if arm != "pixels"
+    },
     **{f"data_path_{arm}_samples_per_second": f"our loader on {what}, samples/s" for arm, what in ARMS.items()},
     "data_path_imagefolder_samples_per_second": "ImageFolder + RandomResizedCrop(224, bicubic) + ToTensor + Normalize, samples/s",
-    **{f"data_path_{arm}_cpu_ms_per_sample": f"ours ({arm}): CPU time (main process + workers) per sample, ms"
-       for arm in ARMS},
+    **{
+        f"data_path_{arm}_cpu_ms_per_sample": f"ours ({arm}): CPU time (main process + workers) per sample, ms"
+        for arm in ARMS
+    },
     "data_path_imagefolder_cpu_ms_per_sample": "ImageFolder loader: CPU time per sample over a pass, ms",
     "data_path_pixels_bytes_per_image": "pixel shards: bytes per image (256 px short side, RGB)",
     "data_path_jpeg_bytes_per_image": "JPEG shards: bytes per image (256 px short side, quality 95)",
@@ -96,11 +104,11 @@ def shard_photos(photos: Path, out_dir: Path, max_short_side: int, store: str = 
     The flat folder gets the source's test hold-out, so the train shards hold 80 % of the
     photos the ImageFolder baseline reads: the figures compared are rates per sample."""
     if not (out_dir / "manifest.json").is_file():
-        data = DataParams(source="imagefolder", root=str(photos), max_short_side=max_short_side, store=store,
-                          imbalance_ratio=1)
+        data = DataParams(
+            source="imagefolder", root=str(photos), max_short_side=max_short_side, store=store, imbalance_ratio=1
+        )
         out_dir.mkdir(parents=True, exist_ok=True)
-        shard_source(open_source(data), data.source, out_dir, data.shard_max_samples, data.shard_max_bytes,
-                     data.store)
+        shard_source(open_source(data), data.source, out_dir, data.shard_max_samples, data.shard_max_bytes, data.store)
     return shard_paths(read_manifest(out_dir / "manifest.json"), out_dir, "train")
 
 
@@ -118,13 +126,16 @@ def bytes_per_image(shards: list[Path]) -> float:
 
 
 def imagefolder_loader(photos: Path) -> DataLoader:
-    transform = T.Compose([
-        T.RandomResizedCrop(RES, interpolation=InterpolationMode.BICUBIC),
-        T.ToTensor(),
-        T.Normalize(MEAN, STD),
-    ])
-    return DataLoader(datasets.ImageFolder(str(photos), transform=transform),
-                      batch_size=BATCH, shuffle=True, num_workers=WORKERS)
+    transform = T.Compose(
+        [
+            T.RandomResizedCrop(RES, interpolation=InterpolationMode.BICUBIC),
+            T.ToTensor(),
+            T.Normalize(MEAN, STD),
+        ]
+    )
+    return DataLoader(
+        datasets.ImageFolder(str(photos), transform=transform), batch_size=BATCH, shuffle=True, num_workers=WORKERS
+    )
 
 
 def _check_batch(images: torch.Tensor) -> None:

@@ -37,8 +37,8 @@ def measure(shard_dir: Path) -> dict[str, float]:
     from liftplus.data.loader import ShardIndex
     from liftplus.data.manifest import read_manifest, shard_paths
     from liftplus.data.transforms import test_transform, tte_transform
-    from liftplus.model import ModelConfig, build_model
     from liftplus.inference import predict_logits
+    from liftplus.model import ModelConfig, build_model
 
     model = build_model(ModelConfig(name=MODEL, pretrained=None, peft="adaptformer", num_classes=NUM_CLASSES))
     pre = model.preprocess
@@ -72,8 +72,10 @@ def run(ctx: BenchContext) -> dict[str, float]:
     shard_dir = ctx.workdir / f"eval-shards-{count}"
     shard_photos(photos, shard_dir, 256)
     figures = run_child("bench.eval_tte", ["--shards", str(shard_dir)], timeout=900)
-    ctx.log(f"{count} images: {figures['eval_images_per_second']:.2f} images/s, "
-            f"TTE {figures['eval_tte_images_per_second']:.2f} images/s")
+    ctx.log(
+        f"{count} images: {figures['eval_images_per_second']:.2f} images/s, "
+        f"TTE {figures['eval_tte_images_per_second']:.2f} images/s"
+    )
     return figures
 
 

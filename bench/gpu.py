@@ -73,8 +73,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 
 from bench.common import REPO, RESULT_PREFIX, offline_env, report
 
@@ -91,16 +92,31 @@ LR = 0.02
 EPOCHS = 5
 """lift+'s default epochs: what the MDA schedule is built for (the bench reads epoch 0's crops)."""
 
-GPU_DEFAULTS = dict(images=4000, batch=128, eval_batch=256, passes=3, warmup=10,
-                    model="ViT-B-16", num_classes=1000, budget=480.0)
-SMOKE_DEFAULTS = dict(images=16, batch=4, eval_batch=4, passes=1, warmup=1, workers=2,
-                      model="liftplus-tiny-vit", num_classes=1000, budget=300.0)
+GPU_DEFAULTS = dict(
+    images=4000, batch=128, eval_batch=256, passes=3, warmup=10, model="ViT-B-16", num_classes=1000, budget=480.0
+)
+SMOKE_DEFAULTS = dict(
+    images=16,
+    batch=4,
+    eval_batch=4,
+    passes=1,
+    warmup=1,
+    workers=2,
+    model="liftplus-tiny-vit",
+    num_classes=1000,
+    budget=300.0,
+)
 OPTIONAL_ARM_SECONDS = 150
 """An optional (compiled) arm starts only with at least this much of the budget left."""
 
 REQUIRED = (
-    "gpu_reference_images_per_second", "gpu_train_images_per_second", "gpu_model_only_images_per_second",
-    "gpu_train_speedup", "gpu_loader_share", "gpu_eval_images_per_second", "gpu_eval_tte_images_per_second",
+    "gpu_reference_images_per_second",
+    "gpu_train_images_per_second",
+    "gpu_model_only_images_per_second",
+    "gpu_train_speedup",
+    "gpu_loader_share",
+    "gpu_eval_images_per_second",
+    "gpu_eval_tte_images_per_second",
 )
 
 
@@ -169,6 +185,7 @@ def round_up(n: int, multiple: int) -> int:
 
 
 # --------------------------------------------------------------------------- arms (arm processes)
+
 
 def _log(message: str) -> None:
     print(f"  {message}", file=sys.stderr, flush=True)
@@ -242,8 +259,13 @@ class Arms:
     def build(self, sdpa: bool):
         from liftplus.model import ModelConfig, build_model
 
-        config = ModelConfig(name=self.plan["model"], pretrained=None, peft="adaptformer",
-                             num_classes=self.plan["num_classes"], sdpa=sdpa)
+        config = ModelConfig(
+            name=self.plan["model"],
+            pretrained=None,
+            peft="adaptformer",
+            num_classes=self.plan["num_classes"],
+            sdpa=sdpa,
+        )
         return build_model(config)
 
     def loss_fn(self):
@@ -269,8 +291,9 @@ class Arms:
         device = self.device
         amp_dtype = autocast_dtype("auto", device)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=LR, momentum=0.9, weight_decay=5e-4,
-                                    fused=True if device.type == "cuda" else None)
+        optimizer = torch.optim.SGD(
+            params, lr=LR, momentum=0.9, weight_decay=5e-4, fused=True if device.type == "cuda" else None
+        )
 
         def step(images, labels) -> int:
             loss, logits = train_step(model, loss_fn, images, labels, optimizer, amp_dtype=amp_dtype)
@@ -316,17 +339,25 @@ class Arms:
         loss_fn = self.loss_fn()
         pre = model.preprocess
         res = pre.image_size
-        transform = T.Compose([
-            T.RandomResizedCrop(res, interpolation=InterpolationMode.BICUBIC),
-            T.ToTensor(),
-            T.Normalize(pre.mean, pre.std),
-        ])
+        transform = T.Compose(
+            [
+                T.RandomResizedCrop(res, interpolation=InterpolationMode.BICUBIC),
+                T.ToTensor(),
+                T.Normalize(pre.mean, pre.std),
+            ]
+        )
         dataset = datasets.ImageFolder(plan["photos"], transform=transform)
         total = plan["batch"] * (plan["warmup_batches"] + plan["timed_batches"])
         sampler = RandomSampler(dataset, num_samples=total, generator=torch.Generator().manual_seed(0))
         cuda = device.type == "cuda"
-        loader = DataLoader(dataset, batch_size=plan["batch"], sampler=sampler, num_workers=plan["workers"],
-                            pin_memory=cuda, drop_last=True)
+        loader = DataLoader(
+            dataset,
+            batch_size=plan["batch"],
+            sampler=sampler,
+            num_workers=plan["workers"],
+            pin_memory=cuda,
+            drop_last=True,
+        )
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=LR, momentum=0.9, weight_decay=5e-4)
         scaler = torch.amp.GradScaler("cuda") if cuda else None
@@ -365,15 +396,18 @@ class Arms:
         model, loss_fn = self.our_model()
         pre = model.preprocess
         hand_off = resolve_hand_off(plan["input"], device)
-        transform = train_input(hand_off, pre.image_size, pre.mean, pre.std, epochs=EPOCHS, mda=True,
-                                resize=plan["resize"])
+        transform = train_input(
+            hand_off, pre.image_size, pre.mean, pre.std, epochs=EPOCHS, mda=True, resize=plan["resize"]
+        )
         dataset = ShardIndex(plan["shards"], transform, num_classes=plan["num_classes"], seed=0)
         batches = plan["warmup_batches"] + plan["timed_batches"]
-        sampler = EpochBatchSampler(len(dataset), plan["batch"], shuffle=True, seed=0,
-                                    subset=self.stream_indices(plan["batch"], batches))
+        sampler = EpochBatchSampler(
+            len(dataset), plan["batch"], shuffle=True, seed=0, subset=self.stream_indices(plan["batch"], batches)
+        )
         sampler.set_epoch(0)
-        loader = make_loader(dataset, sampler, plan["workers"], pin_memory=device.type == "cuda",
-                             prefetch=4, persistent=True)
+        loader = make_loader(
+            dataset, sampler, plan["workers"], pin_memory=device.type == "cuda", prefetch=4, persistent=True
+        )
         step_model = torch.compile(model) if compiled else model
         core = self.our_step(step_model, loss_fn)
 
@@ -406,10 +440,12 @@ class Arms:
                 yield images, labels
 
         self.memory.reset()
-        rate, seen = timed_stream(same_batch(), lambda b: core(*b), plan["warmup_batches"],
-                                  plan["timed_batches"], device)
-        return self._train_result("model_only_compiled" if compiled else "model_only", rate, seen,
-                                  time.perf_counter() - started)
+        rate, seen = timed_stream(
+            same_batch(), lambda b: core(*b), plan["warmup_batches"], plan["timed_batches"], device
+        )
+        return self._train_result(
+            "model_only_compiled" if compiled else "model_only", rate, seen, time.perf_counter() - started
+        )
 
     def ours_compiled(self) -> dict[str, Any]:
         return self.ours(compiled=True)
@@ -440,8 +476,9 @@ class Arms:
             pass_started = time.perf_counter()
             transform = eval_input(hand_off, res, pre.mean, pre.std, tte=tte)  # expand: evaluate's default
             dataset = ShardIndex(plan["shards"], transform, num_classes=plan["num_classes"])
-            sampler = EpochBatchSampler(len(dataset), plan["eval_batch"], shuffle=False,
-                                        subset=self.stream_indices(plan["eval_batch"], batches))
+            sampler = EpochBatchSampler(
+                len(dataset), plan["eval_batch"], shuffle=False, subset=self.stream_indices(plan["eval_batch"], batches)
+            )
             loader = make_loader(dataset, sampler, plan["workers"], pin_memory=device.type == "cuda", prefetch=4)
 
             @torch.inference_mode()
@@ -451,13 +488,16 @@ class Arms:
                 return labels.numel()
 
             self.memory.reset()
-            rate, seen = timed_stream(iter(loader), step, plan["eval_warmup_batches"],
-                                      plan["eval_timed_batches"], device)
+            rate, seen = timed_stream(
+                iter(loader), step, plan["eval_warmup_batches"], plan["eval_timed_batches"], device
+            )
             del loader
             name = "eval_tte" if tte else "eval"
             peak = self.memory.peak_gib()
-            _log(f"{name}: {rate:.1f} images/s over {seen} images, peak memory {peak:.2f} GiB "
-                 f"({time.perf_counter() - pass_started:.0f} s)")
+            _log(
+                f"{name}: {rate:.1f} images/s over {seen} images, peak memory {peak:.2f} GiB "
+                f"({time.perf_counter() - pass_started:.0f} s)"
+            )
             result[f"{name}_rate"], result[f"{name}_peak_gib"], result[f"{name}_timed_images"] = rate, peak, seen
         result["seconds"] = time.perf_counter() - started
         return result
@@ -497,14 +537,14 @@ def arm_process(plan_path: Path, names: list[str]) -> None:
 
 # --------------------------------------------------------------------------- parent
 
+
 def run_arms(plan_path: Path, names: list[str], timeout: float) -> tuple[dict[str, dict], Optional[str]]:
     """``names`` in one fresh process; (each finished arm's figures, the error if it failed)."""
     cmd = [sys.executable]
     if "importtime" in sys._xoptions:
         cmd += ["-X", "importtime"]
     cmd += ["-m", "bench.gpu", "--arm-plan", str(plan_path), "--arms", ",".join(names)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=offline_env(), stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=offline_env(), stdout=subprocess.PIPE, text=True, start_new_session=True)
     error = None
     try:
         out, _ = proc.communicate(timeout=max(1.0, timeout))
@@ -515,7 +555,7 @@ def run_arms(plan_path: Path, names: list[str], timeout: float) -> tuple[dict[st
     results: dict[str, dict] = {}
     for line in out.splitlines():
         if line.startswith(RESULT_PREFIX):
-            figures = json.loads(line[len(RESULT_PREFIX):])
+            figures = json.loads(line[len(RESULT_PREFIX) :])
             results[figures.pop("arm")] = figures
         elif line.strip():
             print(line, file=sys.stderr)
@@ -525,24 +565,51 @@ def run_arms(plan_path: Path, names: list[str], timeout: float) -> tuple[dict[st
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gpu",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--images", type=int, help="synthetic photos to write (GPU default 4000; smoke 16)")
     parser.add_argument("--batch", type=int, help="training batch (GPU default 128; smoke 4)")
-    parser.add_argument("--eval-batch", type=int, help="evaluation batch (GPU default 256, evaluate.batch_size's; smoke 4)")
-    parser.add_argument("--workers", type=int, help="loader workers, every arm (GPU default min(15, CPUs - 1); smoke 2)")
-    parser.add_argument("--passes", type=int, help="passes over the photos each arm times, at least (GPU default 3; smoke 1)")
-    parser.add_argument("--warmup", type=int, help="warm-up batches, at least (rounded up to whole rounds of the workers; GPU default 10)")
+    parser.add_argument(
+        "--eval-batch", type=int, help="evaluation batch (GPU default 256, evaluate.batch_size's; smoke 4)"
+    )
+    parser.add_argument(
+        "--workers", type=int, help="loader workers, every arm (GPU default min(15, CPUs - 1); smoke 2)"
+    )
+    parser.add_argument(
+        "--passes", type=int, help="passes over the photos each arm times, at least (GPU default 3; smoke 1)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        help="warm-up batches, at least (rounded up to whole rounds of the workers; GPU default 10)",
+    )
     parser.add_argument("--model", help="open_clip model (GPU default ViT-B-16; smoke liftplus-tiny-vit)")
     parser.add_argument("--num-classes", type=int, help="classifier classes K (default 1000)")
-    parser.add_argument("--input", choices=("auto", "float", "uint8", "encoded"), default="auto",
-                        help="ours' and eval's hand-off (train.input / evaluate.input; default auto: uint8 on CUDA)")
-    parser.add_argument("--resize", choices=("pil", "torch"), default="pil",
-                        help="ours' crop resizer (train.resize; torch: the uint8 kernel, about 2x cheaper a sample)")
+    parser.add_argument(
+        "--input",
+        choices=("auto", "float", "uint8", "encoded"),
+        default="auto",
+        help="ours' and eval's hand-off (train.input / evaluate.input; default auto: uint8 on CUDA)",
+    )
+    parser.add_argument(
+        "--resize",
+        choices=("pil", "torch"),
+        default="pil",
+        help="ours' crop resizer (train.resize; torch: the uint8 kernel, about 2x cheaper a sample)",
+    )
     parser.add_argument("--compile", action="store_true", help="also time ours and model_only under torch.compile")
-    parser.add_argument("--cpu-smoke", action="store_true", help="run on the CPU with small sizes even if a GPU is there")
+    parser.add_argument(
+        "--cpu-smoke", action="store_true", help="run on the CPU with small sizes even if a GPU is there"
+    )
     parser.add_argument("--budget", type=float, help="seconds the whole run may take (GPU default 480, smoke 300)")
-    parser.add_argument("--out", type=Path, help=f"result file (default {RESULTS.relative_to(REPO)}; smoke {SMOKE_RESULTS.relative_to(REPO)})")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"result file (default {RESULTS.relative_to(REPO)}; smoke {SMOKE_RESULTS.relative_to(REPO)})",
+    )
     parser.add_argument("--workdir", type=Path, help="keep photos and shards here (and reuse them); default a temp dir")
     parser.add_argument("--arm-plan", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--arms", help=argparse.SUPPRESS)
@@ -553,8 +620,9 @@ def settings(args: argparse.Namespace, cuda: bool) -> dict[str, Any]:
     defaults = dict(GPU_DEFAULTS if cuda else SMOKE_DEFAULTS)
     if cuda:
         defaults["workers"] = max(1, min(15, (os.cpu_count() or 2) - 1))
-    chosen = {key: getattr(args, key) if getattr(args, key, None) is not None else value
-              for key, value in defaults.items()}
+    chosen = {
+        key: getattr(args, key) if getattr(args, key, None) is not None else value for key, value in defaults.items()
+    }
     for key in ("images", "batch", "eval_batch", "passes", "num_classes"):
         if chosen[key] < 1:
             raise SystemExit(f"--{key.replace('_', '-')} must be at least 1")
@@ -609,14 +677,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"shards: {len(shards)} shard(s), short side {MAX_SHORT_SIDE}, in {shard_seconds:.1f} s", flush=True)
 
         counts = plan_counts(s)
-        plan = {**s, **counts, "device": "cuda" if cuda else "cpu", "input": args.input, "resize": args.resize,
-                "photos": str(photos),
-                "shards": shards, "class_counts": class_counts}
+        plan = {
+            **s,
+            **counts,
+            "device": "cuda" if cuda else "cpu",
+            "input": args.input,
+            "resize": args.resize,
+            "photos": str(photos),
+            "shards": shards,
+            "class_counts": class_counts,
+        }
         plan_path = workdir / "plan.json"
         plan_path.write_text(json.dumps(plan, indent=1))
-        print(f"{s['model']}, batch {s['batch']} (eval {s['eval_batch']}), {s['workers']} workers: "
-              f"{counts['warmup_batches']} warm-up + {counts['timed_batches']} timed batches per training arm, "
-              f"{counts['eval_warmup_batches']} + {counts['eval_timed_batches']} per evaluation pass", flush=True)
+        print(
+            f"{s['model']}, batch {s['batch']} (eval {s['eval_batch']}), {s['workers']} workers: "
+            f"{counts['warmup_batches']} warm-up + {counts['timed_batches']} timed batches per training arm, "
+            f"{counts['eval_warmup_batches']} + {counts['eval_timed_batches']} per evaluation pass",
+            flush=True,
+        )
 
         # On the GPU each arm gets its own process (its own CUDA context, allocator peak and
         # determinism settings, no workers left over); the smoke run shares one to save imports.
@@ -641,8 +719,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    figures = assemble(s, plan, results, errors, cuda, photo_seconds, shard_seconds,
-                       time.perf_counter() - run_started)
+    figures = assemble(s, plan, results, errors, cuda, photo_seconds, shard_seconds, time.perf_counter() - run_started)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")
     print_table(figures)
@@ -657,37 +734,50 @@ def main(argv: Optional[list[str]] = None) -> int:
 def assemble(s, plan, results, errors, cuda, photo_seconds, shard_seconds, seconds) -> dict[str, Any]:
     info = results.get("info", {})
     figures: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cpu_smoke": not cuda,
         "gpu_name": info.get("gpu_name", "none (CPU smoke run)") if cuda else "none (CPU smoke run)",
     }
     if not cuda:
         figures["note"] = SMOKE_NOTE
-    for key in ("torch_version", "torchvision_version", "open_clip_version", "python_version",
-                "cuda_version", "gpu_memory_gib"):
+    for key in (
+        "torch_version",
+        "torchvision_version",
+        "open_clip_version",
+        "python_version",
+        "cuda_version",
+        "gpu_memory_gib",
+    ):
         if key in info:
             figures[key] = info[key]
-    figures.update({
-        "device": "cuda" if cuda else "cpu",
-        "cpu_count": os.cpu_count(),
-        "model": s["model"],
-        "num_classes": s["num_classes"],
-        "images": s["images"],
-        "batch": s["batch"],
-        "eval_batch": s["eval_batch"],
-        "workers": s["workers"],
-        "passes": s["passes"],
-        "warmup_batches": plan["warmup_batches"],
-        "timed_batches": plan["timed_batches"],
-        "eval_warmup_batches": plan["eval_warmup_batches"],
-        "eval_timed_batches": plan["eval_timed_batches"],
-        "input": plan["input"],
-        "resize": plan["resize"],
-        "hand_off": results.get("ours", {}).get("hand_off", "?"),
-        "peak_memory": "torch.cuda.max_memory_allocated" if cuda else "process peak resident memory (VmHWM)",
-    })
-    arm_keys = {"reference": "reference", "ours": "train", "model_only": "model_only",
-                "ours_compiled": "train_compiled", "model_only_compiled": "model_only_compiled"}
+    figures.update(
+        {
+            "device": "cuda" if cuda else "cpu",
+            "cpu_count": os.cpu_count(),
+            "model": s["model"],
+            "num_classes": s["num_classes"],
+            "images": s["images"],
+            "batch": s["batch"],
+            "eval_batch": s["eval_batch"],
+            "workers": s["workers"],
+            "passes": s["passes"],
+            "warmup_batches": plan["warmup_batches"],
+            "timed_batches": plan["timed_batches"],
+            "eval_warmup_batches": plan["eval_warmup_batches"],
+            "eval_timed_batches": plan["eval_timed_batches"],
+            "input": plan["input"],
+            "resize": plan["resize"],
+            "hand_off": results.get("ours", {}).get("hand_off", "?"),
+            "peak_memory": "torch.cuda.max_memory_allocated" if cuda else "process peak resident memory (VmHWM)",
+        }
+    )
+    arm_keys = {
+        "reference": "reference",
+        "ours": "train",
+        "model_only": "model_only",
+        "ours_compiled": "train_compiled",
+        "model_only_compiled": "model_only_compiled",
+    }
     for arm, key in arm_keys.items():
         if arm in results:
             figures[f"gpu_{key}_images_per_second"] = results[arm]["rate"]
@@ -714,8 +804,10 @@ def assemble(s, plan, results, errors, cuda, photo_seconds, shard_seconds, secon
 
 def print_table(figures: dict[str, Any]) -> None:
     header = "CPU smoke run (not GPU figures)" if figures["cpu_smoke"] else figures["gpu_name"]
-    print(f"\n{header}: {figures['model']}, batch {figures['batch']}, {figures['workers']} workers, "
-          f"torch {figures.get('torch_version', '?')}")
+    print(
+        f"\n{header}: {figures['model']}, batch {figures['batch']}, {figures['workers']} workers, "
+        f"torch {figures.get('torch_version', '?')}"
+    )
     for key, value in figures.items():
         if key.startswith("gpu_") and isinstance(value, float):
             print(f"  {key:45s} {value:12.3f}")

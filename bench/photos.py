@@ -28,9 +28,7 @@ def noise_bank(rng: np.random.Generator, size: tuple[int, int] = PHOTO_SIZE) -> 
     return rng.normal(0, NOISE_STD, size=(2 * height, 2 * width, 3)).astype(np.float32)
 
 
-def synthetic_photo(
-    rng: np.random.Generator, noise: np.ndarray, size: tuple[int, int] = PHOTO_SIZE
-) -> np.ndarray:
+def synthetic_photo(rng: np.random.Generator, noise: np.ndarray, size: tuple[int, int] = PHOTO_SIZE) -> np.ndarray:
     width, height = size
     grid = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
     field = np.asarray(Image.fromarray(grid).resize(size, Image.Resampling.BICUBIC), dtype=np.float32)

@@ -45,8 +45,10 @@ FIGURES = {
     "noop_repro_seconds": "a second `dvc repro` with nothing changed (every stage skipped), s",
     "flow_noop_seconds": "`python -m flows.pipeline` with nothing changed (temporary Prefect API), s",
     "quick_demo_repro_seconds": "--quick: `dvc repro` on a 2,000 + 500 image Fashion-MNIST subset, s",
-    **{f"demo_stage_{stage}_seconds": f"the demo's `{stage}` stage, timed from DVC's announcements, s"
-       for stage in ("shard", "validate", "init_head", "train", "evaluate", "register")},
+    **{
+        f"demo_stage_{stage}_seconds": f"the demo's `{stage}` stage, timed from DVC's announcements, s"
+        for stage in ("shard", "validate", "init_head", "train", "evaluate", "register")
+    },
 }
 
 
@@ -74,12 +76,12 @@ def fashion_mnist_subset(dest: Path) -> Path:
             with gzip.open(FASHION_MNIST_ROOT / name, "rb") as f:
                 content = f.read()
             header = 4 + 4 * ndim
-            dims = [int.from_bytes(content[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+            dims = [int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
             item = 1
             for d in dims[1:]:
                 item *= d
             new_header = content[:4] + count.to_bytes(4, "big") + content[8:header]
-            body = content[header: header + count * item]
+            body = content[header : header + count * item]
             (dest / name).write_bytes(gzip.compress(new_header + body, mtime=0))
     return dest
 
@@ -99,8 +101,15 @@ def dvc_repro(project: Path, log: Path) -> tuple[float, float, dict[str, float],
     stage_starts: list[tuple[str, float]] = []
     lines = []
     with open(log, "w") as err:
-        proc = subprocess.Popen(["dvc", "repro"], cwd=project, env=offline_env(), stdout=subprocess.PIPE,
-                                stderr=err, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            ["dvc", "repro"],
+            cwd=project,
+            env=offline_env(),
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
         watchdog = threading.Timer(TIMEOUT, os.killpg, (proc.pid, signal.SIGTERM))
         watchdog.start()
         try:
@@ -120,8 +129,7 @@ def dvc_repro(project: Path, log: Path) -> tuple[float, float, dict[str, float],
     output = "".join(lines)
     if proc.returncode != 0:
         why = f"was stopped after {TIMEOUT} s" if ended - started >= TIMEOUT else f"exited {proc.returncode}"
-        raise RuntimeError(f"dvc repro in {project} {why}:\n{output[-1500:]}\n"
-                           f"{log.read_text()[-1500:]}")
+        raise RuntimeError(f"dvc repro in {project} {why}:\n{output[-1500:]}\n{log.read_text()[-1500:]}")
     stages = {}
     for i, (name, start) in enumerate(stage_starts):
         end = stage_starts[i + 1][1] if i + 1 < len(stage_starts) else ended
@@ -160,9 +168,16 @@ def run(ctx: BenchContext) -> dict[str, float]:
     ctx.log(f"no-op python -m flows.pipeline: {flow_seconds:.1f} s")
 
     if ctx.quick:
-        return {"quick_demo_repro_seconds": seconds, "noop_repro_seconds": noop_seconds,
-                "flow_noop_seconds": flow_seconds}
-    figures = {"demo_repro_seconds": seconds, "demo_repro_cpu_seconds": cpu_seconds,
-               "noop_repro_seconds": noop_seconds, "flow_noop_seconds": flow_seconds}
+        return {
+            "quick_demo_repro_seconds": seconds,
+            "noop_repro_seconds": noop_seconds,
+            "flow_noop_seconds": flow_seconds,
+        }
+    figures = {
+        "demo_repro_seconds": seconds,
+        "demo_repro_cpu_seconds": cpu_seconds,
+        "noop_repro_seconds": noop_seconds,
+        "flow_noop_seconds": flow_seconds,
+    }
     figures.update({f"demo_stage_{name}_seconds": stage_seconds for name, stage_seconds in stages.items()})
     return figures

@@ -81,11 +81,13 @@ def run(ctx: BenchContext) -> dict[str, float]:
         seconds, manifest = write_shards(data, out / "fashion-mnist")
         samples = total_samples(manifest)
         ctx.log(f"fashion-mnist: {samples} written in {seconds:.1f} s")
-        figures.update({
-            "fashion_mnist_shard_write_samples_per_second": samples / seconds,
-            "fashion_mnist_shard_read_samples_per_second": read_rate(manifest, out / "fashion-mnist"),
-            "fashion_mnist_shard_samples": float(samples),
-        })
+        figures.update(
+            {
+                "fashion_mnist_shard_write_samples_per_second": samples / seconds,
+                "fashion_mnist_shard_read_samples_per_second": read_rate(manifest, out / "fashion-mnist"),
+                "fashion_mnist_shard_samples": float(samples),
+            }
+        )
     else:
         ctx.log(f"fashion-mnist: {FASHION_MNIST_ROOT} not found, skipped")
     return figures

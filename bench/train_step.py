@@ -99,8 +99,7 @@ def measure_arm(peft: str, sdpa: bool, warmup: int, steps: int) -> dict[str, flo
     from liftplus.train_step import train_step
 
     set_determinism(0, True)
-    model = build_model(ModelConfig(name="ViT-B-16", pretrained=None, peft=peft,
-                                    num_classes=NUM_CLASSES, sdpa=sdpa))
+    model = build_model(ModelConfig(name="ViT-B-16", pretrained=None, peft=peft, num_classes=NUM_CLASSES, sdpa=sdpa))
     model.train()
     counts = [max(1, int(500 * (1 / 100) ** (k / (NUM_CLASSES - 1)))) for k in range(NUM_CLASSES)]
     loss_fn = LogitAdjustedLoss(counts)
@@ -151,25 +150,35 @@ def compare(ctx: BenchContext, sdpa: bool, prefix: str, warmup: int, steps: int,
     timings: dict[str, list[dict[str, float]]] = {name: [] for name in ARMS}
     args = {name: ["--child", "--peft", peft, "--sdpa", str(int(sdpa))] for name, peft in ARMS.items()}
     for r in range(rounds):
-        for name in (ARMS if r % 2 == 0 else reversed(list(ARMS))):
-            timings[name].append(run_child("bench.train_step", [*args[name], "--warmup", str(warmup),
-                                                                "--steps", str(steps)], timeout=900))
+        for name in ARMS if r % 2 == 0 else reversed(list(ARMS)):
+            timings[name].append(
+                run_child(
+                    "bench.train_step", [*args[name], "--warmup", str(warmup), "--steps", str(steps)], timeout=900
+                )
+            )
     arms, allocator = {}, {}
     for name in ARMS:
         arms[name] = min(timings[name], key=lambda t: t["step_seconds"])
         allocator[name] = timings[name][0]["train_added_memory_gib"]
-        live = run_child("bench.train_step", [*args[name], "--warmup", "0", "--steps", str(MEMORY_STEPS)],
-                         timeout=900, env=LIVE_MEMORY_ENV)
+        live = run_child(
+            "bench.train_step",
+            [*args[name], "--warmup", "0", "--steps", str(MEMORY_STEPS)],
+            timeout=900,
+            env=LIVE_MEMORY_ENV,
+        )
         arms[name]["train_added_memory_gib"] = live["train_added_memory_gib"]
         rounds_text = ", ".join(f"{t['step_seconds']:.2f}" for t in timings[name])
-        ctx.log(f"{prefix or 'sdpa_'}{name}: {arms[name]['step_seconds']:.2f} s/step (rounds: {rounds_text}; "
-                f"{arms[name]['step_cpu_seconds']:.2f} CPU s), +{live['train_added_memory_gib']:.2f} GiB live "
-                f"(+{allocator[name]:.2f} GiB RSS with glibc's default malloc)")
+        ctx.log(
+            f"{prefix or 'sdpa_'}{name}: {arms[name]['step_seconds']:.2f} s/step (rounds: {rounds_text}; "
+            f"{arms[name]['step_cpu_seconds']:.2f} CPU s), +{live['train_added_memory_gib']:.2f} GiB live "
+            f"(+{allocator[name]:.2f} GiB RSS with glibc's default malloc)"
+        )
     figures = {
         f"{prefix}step_time_ratio": ratio(arms["lift"]["step_seconds"], arms["fft"]["step_seconds"]),
         f"{prefix}step_cpu_time_ratio": ratio(arms["lift"]["step_cpu_seconds"], arms["fft"]["step_cpu_seconds"]),
-        f"{prefix}peak_memory_ratio": ratio(arms["lift"]["train_added_memory_gib"],
-                                            arms["fft"]["train_added_memory_gib"]),
+        f"{prefix}peak_memory_ratio": ratio(
+            arms["lift"]["train_added_memory_gib"], arms["fft"]["train_added_memory_gib"]
+        ),
     }
     for name, measured in arms.items():
         figures[f"{prefix}{name}_step_seconds"] = measured["step_seconds"]
@@ -196,8 +205,10 @@ def run(ctx: BenchContext) -> dict[str, float]:
     if ctx.quick:
         ctx.log("stock attention arms skipped (--quick)")
     elif ctx.seconds_left() < expected:
-        ctx.log(f"stock attention arms skipped: they would take ~{expected:.0f} s, "
-                f"{max(ctx.seconds_left(), 0):.0f} s left of the budget")
+        ctx.log(
+            f"stock attention arms skipped: they would take ~{expected:.0f} s, "
+            f"{max(ctx.seconds_left(), 0):.0f} s left of the budget"
+        )
     else:
         figures.update(compare(ctx, sdpa=False, prefix="stock_attention_", warmup=warmup, steps=steps, rounds=rounds))
     return figures

@@ -270,7 +270,10 @@ def metrics_markdown(
 
 
 def run_pipeline(
-    stages: Optional[list[str]], set_params: Optional[dict[str, Any]], force: bool, root: Path,
+    stages: Optional[list[str]],
+    set_params: Optional[dict[str, Any]],
+    force: bool,
+    root: Path,
     options: dict[str, Any],
 ) -> dict[str, Any]:
     """The flow's work, inside its run: bring the stages (or one experiment) up to date and report."""
@@ -305,7 +308,7 @@ def liftplus_pipeline(
     force: bool = False,
     repo: str = ".",
     retries: int = DEFAULT_RETRIES,
-    retry_delay_seconds: list[float] = list(DEFAULT_RETRY_DELAY_SECONDS),
+    retry_delay_seconds: list[float] = None,
 ) -> dict[str, Any]:
     """Run the DVC pipeline stage by stage (or as one experiment with ``set_params``).
 
@@ -315,6 +318,8 @@ def liftplus_pipeline(
     artifact ``liftplus-metrics``. A failure ends the run in a Failed state whose
     message is its one ``error: ...`` line; its result re-raises the failure.
     """
+    if retry_delay_seconds is None:
+        retry_delay_seconds = list(DEFAULT_RETRY_DELAY_SECONDS)
     delays = [float(d) for d in retry_delay_seconds]
     options = {"retries": retries, "retry_delay_seconds": delays if any(delays) else 0}
     try:
@@ -335,10 +340,15 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("--stages", nargs="+", metavar="STAGE",
-                        help="stages to bring up to date (default: all six)")
-    parser.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
-                        help="run as a DVC experiment with this override (repeatable)")
+    parser.add_argument("--stages", nargs="+", metavar="STAGE", help="stages to bring up to date (default: all six)")
+    parser.add_argument(
+        "-S",
+        "--set-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run as a DVC experiment with this override (repeatable)",
+    )
     parser.add_argument("--force", action="store_true", help="rerun stages even if up to date")
     parser.add_argument("--repo", default=".", help="DVC project root (default: .)")
     args = parser.parse_args(argv)

@@ -9,7 +9,8 @@ pipeline's artifact and the sweep's table read the metrics through
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 EVAL_FILE = "data/metrics/eval.json"
 STATS_FILE = "data/stats/longtail.json"
@@ -41,7 +42,7 @@ def eval_headline(metrics: dict[str, Any]) -> dict[str, Any]:
 def file_metrics(metrics: dict[str, Any], file: str) -> dict[str, Any]:
     """``{key: value}`` of one metrics file out of DVC's flattened ``{"file:key": value}``."""
     prefix = f"{file}:"
-    return {name[len(prefix):]: value for name, value in metrics.items() if name.startswith(prefix)}
+    return {name[len(prefix) :]: value for name, value in metrics.items() if name.startswith(prefix)}
 
 
 def cell(value: Any, digits: str = ".4g") -> str:

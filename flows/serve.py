@@ -44,11 +44,9 @@ def serve(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--name", default=DEPLOYMENT_NAME,
-                        help=f"deployment name (default: {DEPLOYMENT_NAME})")
+    parser.add_argument("--name", default=DEPLOYMENT_NAME, help=f"deployment name (default: {DEPLOYMENT_NAME})")
     parser.add_argument("--cron", default=DEFAULT_CRON, help=f"schedule (default: '{DEFAULT_CRON}')")
-    parser.add_argument("--timezone", default=DEFAULT_TIMEZONE,
-                        help="time zone of the schedule (default: UTC)")
+    parser.add_argument("--timezone", default=DEFAULT_TIMEZONE, help="time zone of the schedule (default: UTC)")
     parser.add_argument("--repo", default=".", help="DVC project the runs work in (default: .)")
     args = parser.parse_args(argv)
     serve(name=args.name, cron=args.cron, timezone=args.timezone, repo=args.repo)

@@ -105,14 +105,23 @@ def experiment_rows(
                     "metric": metric_value(data.get("metrics"), metric),
                     "accuracy": {label: headline[label] for label in ACCURACY_LABELS},
                 }
-    return [found.get(name) or {"name": name, "rev": None, "status": "missing", "params": {},
-                                "metric": None, "accuracy": dict.fromkeys(ACCURACY_LABELS)} for name in names]
+    return [
+        found.get(name)
+        or {
+            "name": name,
+            "rev": None,
+            "status": "missing",
+            "params": {},
+            "metric": None,
+            "accuracy": dict.fromkeys(ACCURACY_LABELS),
+        }
+        for name in names
+    ]
 
 
 def pick_best(rows: list[dict[str, Any]], maximize: bool = True) -> Optional[dict[str, Any]]:
     """The row with the best numeric metric (first one on ties), None if no row has one."""
-    scored = [row for row in rows
-              if isinstance(row["metric"], (int, float)) and not isinstance(row["metric"], bool)]
+    scored = [row for row in rows if isinstance(row["metric"], (int, float)) and not isinstance(row["metric"], bool)]
     if not scored:
         return None
     key = (lambda row: row["metric"]) if maximize else (lambda row: -row["metric"])
@@ -121,8 +130,9 @@ def pick_best(rows: list[dict[str, Any]], maximize: bool = True) -> Optional[dic
 
 def metric_is_headline(metric: str) -> bool:
     """Whether ``metric`` is one of the accuracy columns already (then it gets no column of its own)."""
-    return any(metric in (eval_metric_name(label), eval_metric_name(label).partition(":")[2])
-               for label in ACCURACY_LABELS)
+    return any(
+        metric in (eval_metric_name(label), eval_metric_name(label).partition(":")[2]) for label in ACCURACY_LABELS
+    )
 
 
 def table_columns(keys: list[str], metric: str) -> list[str]:
@@ -150,7 +160,10 @@ def sweep_markdown(
 ) -> str:
     columns = table_columns(keys, metric)
     lines = [
-        "# liftplus sweep", "", best_line(metric, best, maximize), "",
+        "# liftplus sweep",
+        "",
+        best_line(metric, best, maximize),
+        "",
         "| " + " | ".join(columns) + " |",
         "|---|---|" + "---|" * len(keys) + "---:|" * (len(columns) - 2 - len(keys)),
     ]
@@ -158,8 +171,9 @@ def sweep_markdown(
     return "\n".join(lines) + "\n"
 
 
-def sweep_table(rows: list[dict[str, Any]], keys: list[str], metric: str, best: Optional[dict],
-                maximize: bool = True) -> Table:
+def sweep_table(
+    rows: list[dict[str, Any]], keys: list[str], metric: str, best: Optional[dict], maximize: bool = True
+) -> Table:
     table = Table(title="liftplus sweep", caption=best_line(metric, best, maximize).replace("**", ""))
     for column in table_columns(keys, metric):
         table.add_column(column, justify="left" if column in ("experiment", "status", *keys) else "right")
@@ -176,8 +190,13 @@ def table_text(table: Table) -> str:
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
 
 
-@task(task_run_name="dvc-exp-queue", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
-      retry_condition_fn=retry_if_transient)
+@task(
+    task_run_name="dvc-exp-queue",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_if_transient,
+)
 def queue_experiment(point: dict[str, Any], repo: str) -> str:
     """Queue one experiment; return the name DVC gave it."""
     names = experiment_names(run_dvc(["exp", "run", "--queue", *set_param_args(point)], repo).output)
@@ -202,9 +221,7 @@ def baseline_commit(repo: str) -> str:
 
 
 @task(task_run_name="dvc-exp-show", cache_policy=NO_CACHE)
-def collect_results(
-    names: list[str], keys: list[str], metric: str, baseline: str, repo: str
-) -> list[dict[str, Any]]:
+def collect_results(names: list[str], keys: list[str], metric: str, baseline: str, repo: str) -> list[dict[str, Any]]:
     return experiment_rows(run_dvc_json(["exp", "show", "--rev", baseline], repo), names, keys, metric)
 
 
@@ -246,24 +263,36 @@ def liftplus_sweep(
         logger.warning("experiments that did not succeed: %s (see `dvc queue logs NAME`)", ", ".join(failed))
     if best is None:
         raise RuntimeError(f"no experiment of the sweep produced the metric '{metric}'")
-    logger.info("best experiment: %s (%s = %s); `dvc exp apply %s` brings it into the workspace",
-                best["name"], metric, best["metric"], best["name"])
-    return {"best": best["name"], "metric": metric, "value": best["metric"], "experiments": rows,
-            "table": table_text(sweep_table(rows, keys, metric, best, maximize))}
+    logger.info(
+        "best experiment: %s (%s = %s); `dvc exp apply %s` brings it into the workspace",
+        best["name"],
+        metric,
+        best["metric"],
+        best["name"],
+    )
+    return {
+        "best": best["name"],
+        "metric": metric,
+        "value": best["metric"],
+        "experiments": rows,
+        "table": table_text(sweep_table(rows, keys, metric, best, maximize)),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.sweep", description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", type=json.loads, default=None,
-                        help='JSON object of lists, e.g. \'{"train.lr": [0.01, 0.02]}\'')
+    parser.add_argument(
+        "--grid", type=json.loads, default=None, help="JSON object of lists, e.g. '{\"train.lr\": [0.01, 0.02]}'"
+    )
     parser.add_argument("--metric", default=DEFAULT_METRIC)
     parser.add_argument("--minimize", action="store_true")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--repo", default=".")
     args = parser.parse_args(argv)
     try:
-        result = liftplus_sweep(grid=args.grid, metric=args.metric, maximize=not args.minimize,
-                                jobs=args.jobs, repo=args.repo)
+        result = liftplus_sweep(
+            grid=args.grid, metric=args.metric, maximize=not args.minimize, jobs=args.jobs, repo=args.repo
+        )
     except (DvcCommandFailed, ValueError, RuntimeError) as exc:
         end_with([error_line(exc)], sys.stderr)
         raise SystemExit(1) from None

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from liftplus.errors import CheckpointError
 from liftplus.metric_names import TEST_SECTION, rounded
 from liftplus.metrics import GROUPS, confusion_matrix, confusion_summary, metrics_from_confusion
+
 
 def accuracy_section(m: dict, num_samples: int) -> dict:
     """The headline section of eval.json from :func:`liftplus.metrics.metrics_from_confusion`'s result."""
@@ -29,8 +30,7 @@ def check_classnames(model_path: str, trained: list[str] | None, shards: list[st
     else:
         difference = f"label {label} is {trained[label]!r}, the shards say {shards[label]!r}"
     raise CheckpointError(
-        f"{model_path}: trained for other class names ({difference}); "
-        "evaluate it on the data it was trained for"
+        f"{model_path}: trained for other class names ({difference}); evaluate it on the data it was trained for"
     )
 
 
@@ -58,7 +58,5 @@ def evaluation_report(
         for k, acc in enumerate(m["per_class"])
         if acc is not None
     ]
-    predictions = [
-        {"actual": classnames[t], "predicted": classnames[p]} for t, p in zip(y_true, y_pred)
-    ]
+    predictions = [{"actual": classnames[t], "predicted": classnames[p]} for t, p in zip(y_true, y_pred)]
     return {"metrics": metrics, "per_class": per_class, "predictions": predictions}

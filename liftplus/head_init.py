@@ -7,8 +7,8 @@ silently training a head that belongs to another dataset or model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

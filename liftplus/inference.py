@@ -3,7 +3,8 @@ validation's scores and the class-mean head init's features all run through :fun
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torch import nn
@@ -42,8 +43,10 @@ def run_inference(
         images = finish_batch(dataset.transform, images, device)
         outputs.append(forward_crops(forward, images, amp_dtype).cpu())
         all_labels.append(labels)
-        shown.update(len(labels), line=lambda: f"{desc}: {shown.count:,}/{shown.total:,} images "
-                                               f"{shown.rate():,.0f} img/s ETA {shown.eta()}")
+        shown.update(
+            len(labels),
+            line=lambda: f"{desc}: {shown.count:,}/{shown.total:,} images {shown.rate():,.0f} img/s ETA {shown.eta()}",
+        )
     shown.close()
     return torch.cat(outputs), torch.cat(all_labels)
 
@@ -63,18 +66,31 @@ def forward_crops(
 
 
 def predict_logits(
-    model: nn.Module, dataset: ShardIndex, batch_size: int, workers: int, device: torch.device,
-    precision: str = "auto", progress: bool = True, prefetch: int = 4,
+    model: nn.Module,
+    dataset: ShardIndex,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    precision: str = "auto",
+    progress: bool = True,
+    prefetch: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (TTE-averaged for stacked crops) and labels of every sample, in dataset order."""
     model.to(device).eval()
-    return run_inference(model, dataset, batch_size, workers, device, precision, progress, "evaluate",
-                      prefetch=prefetch)
+    return run_inference(
+        model, dataset, batch_size, workers, device, precision, progress, "evaluate", prefetch=prefetch
+    )
 
 
 def predict_features(
-    model: nn.Module, dataset: ShardIndex, subset: list[int], batch_size: int, workers: int,
-    device: torch.device, precision: str = "auto", progress: bool = True,
+    model: nn.Module,
+    dataset: ShardIndex,
+    subset: list[int],
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    precision: str = "auto",
+    progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Head-input features and labels of the samples in ``subset``."""
     model.to(device).eval()

@@ -16,8 +16,9 @@ import json
 import os
 import secrets
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO
 
 from liftplus.errors import CheckpointError, OutputError
 

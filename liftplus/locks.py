@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from liftplus.errors import OutputError
 from liftplus.io import output_error

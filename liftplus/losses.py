@@ -7,7 +7,7 @@ stay float32 under autocast (the adjusted logits are computed in float32).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +26,7 @@ def checked_counts(class_counts: Sequence[int]) -> torch.Tensor:
     bad = torch.nonzero(~((counts > 0) & torch.isfinite(counts))).flatten().tolist()
     if bad:
         raise DataError(
-            f"class {bad[0]} has {counts[bad[0]].item():g} training images; "
-            "a long-tail loss needs at least 1 per class"
+            f"class {bad[0]} has {counts[bad[0]].item():g} training images; a long-tail loss needs at least 1 per class"
         )
     return counts
 

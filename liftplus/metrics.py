@@ -6,7 +6,8 @@ accuracy None and is left out of every mean; a group with no such class reports 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix

@@ -8,8 +8,8 @@ child process's environment with :func:`environment`.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, MutableMapping
 from importlib import resources
-from typing import Mapping, MutableMapping
 
 
 def switches() -> dict[str, str]:

@@ -19,9 +19,7 @@ from liftplus.errors import ParamsError
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
 
-PeftName = Literal[
-    "adaptformer", "lora", "adapter", "vpt-shallow", "vpt-deep", "ssf", "bitfit", "full", "none", "aft"
-]
+PeftName = Literal["adaptformer", "lora", "adapter", "vpt-shallow", "vpt-deep", "ssf", "bitfit", "full", "none", "aft"]
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -45,9 +43,7 @@ class DataParams(_Section):
     root: str = "/usr/share/datasets/fashion-mnist"
     imbalance_ratio: float = Field(100.0, ge=1.0, description="1 keeps the source balanced")
     seed: int = Field(0, ge=0)
-    lists: str = Field(
-        "lists", description="folder holding the split lists and class-names file (a DVC dep of shard)"
-    )
+    lists: str = Field("lists", description="folder holding the split lists and class-names file (a DVC dep of shard)")
     classnames: Optional[str] = Field(None, description="class-names file (split-list)")
     train_list: Optional[str] = None
     val_list: Optional[str] = None
@@ -88,7 +84,16 @@ class ModelParams(_Section):
     sdpa: bool = Field(True, description="fused F.scaled_dot_product_attention in ViT blocks")
 
     PEFT_ORDER: ClassVar[tuple[str, ...]] = (
-        "full", "bitfit", "vpt-shallow", "vpt-deep", "lora", "adapter", "adaptformer", "ssf", "aft", "none"
+        "full",
+        "bitfit",
+        "vpt-shallow",
+        "vpt-deep",
+        "lora",
+        "adapter",
+        "adaptformer",
+        "ssf",
+        "aft",
+        "none",
     )
     """The order the reference's ``build_tuner`` adds tuners in; a list of methods is applied in it."""
 
@@ -184,9 +189,7 @@ class TrainParams(_Section):
     @model_validator(mode="after")
     def _micro_batch_divides(self) -> TrainParams:
         if self.batch_size % self.micro_batch:
-            raise ValueError(
-                f"micro_batch {self.micro_batch} must divide batch_size {self.batch_size}"
-            )
+            raise ValueError(f"micro_batch {self.micro_batch} must divide batch_size {self.batch_size}")
         return self
 
     @model_validator(mode="after")
@@ -199,7 +202,8 @@ class TrainParams(_Section):
 class EvaluateParams(_Section):
     tte: bool = True
     tte_expand: Optional[int] = Field(
-        None, ge=0,
+        None,
+        ge=0,
         description="pixels added to the short side before the test crop(s), with TTE or not; null: the "
         "reference's for the resolution (liftplus.data.transforms.eval_resize)",
     )
@@ -250,7 +254,7 @@ _bounded = _bounded_repr()
 
 
 def _shorten(text: str) -> str:
-    return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED - 3] + "..."
+    return text if len(text) <= MAX_QUOTED else text[: MAX_QUOTED - 3] + "..."
 
 
 def _quote(value: Any) -> str:
@@ -337,9 +341,7 @@ def _read_yaml(path: Path) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ParamsError(
-            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at position {exc.start})"
-        ) from None
+        raise ParamsError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at position {exc.start})") from None
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()

@@ -11,9 +11,10 @@ evaluated with, so that ``liftplus predict`` runs the same by default.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from PIL import Image, ImageOps
@@ -120,8 +121,7 @@ def load_predictor(
     else:
         transform = test_transform(pre.image_size, pre.mean, pre.std, expand=expand)
     model.to(target).eval()
-    return Predictor(model, classnames, transform, target, tte=tte,
-                     short_side=eval_resize(pre.image_size, tte, expand))
+    return Predictor(model, classnames, transform, target, tte=tte, short_side=eval_resize(pre.image_size, tte, expand))
 
 
 @dataclass(frozen=True)
@@ -136,9 +136,7 @@ class EvalConfig:
 REFERENCE_CONFIG = EvalConfig(tte=True, expand=None, source="the reference's default")
 
 
-def evaluated_config(
-    version: Optional["ModelVersion"] = None, params: Optional["EvaluateParams"] = None
-) -> EvalConfig:
+def evaluated_config(version: Optional[ModelVersion] = None, params: Optional[EvaluateParams] = None) -> EvalConfig:
     """The test-time configuration ``predict`` uses unless told otherwise.
 
     A registered version whose tag's metrics record ``tte`` (the evaluate stage writes it
@@ -168,7 +166,7 @@ class ModelSource:
 
     checkpoint: Path
     label: str
-    version: Optional["ModelVersion"] = None
+    version: Optional[ModelVersion] = None
 
 
 def model_source(reference: str, repo: str | Path = ".") -> ModelSource:
@@ -183,7 +181,7 @@ def model_source(reference: str, repo: str | Path = ".") -> ModelSource:
     return ModelSource(checkpoint, version_label(reference, version), version)
 
 
-def version_label(reference: str, version: "ModelVersion") -> str:
+def version_label(reference: str, version: ModelVersion) -> str:
     """``NAME@vX.Y.Z`` for a version; a stage or ``latest`` with the version it stands for:
     ``liftplus-classifier#prod → v0.0.3``."""
     if reference in (version.version, version.tag):
@@ -215,11 +213,16 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
     for path in map(Path, paths):
         if path.is_dir():
             found = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and is_image_file(p)
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             if not found:
-                raise DataError(f"{path}: no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
+                raise DataError(
+                    f"{path}: no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)"
+                )
             images.extend(found)
         elif path.is_file():
             images.append(path)
@@ -269,8 +272,13 @@ the image, raise to stop."""
 
 
 def predict_images(
-    predictor: Predictor, paths: Sequence[Path], k: int = 5, batch_size: int = 64, progress: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS, on_unreadable: Optional[OnUnreadable] = None,
+    predictor: Predictor,
+    paths: Sequence[Path],
+    k: int = 5,
+    batch_size: int = 64,
+    progress: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    on_unreadable: Optional[OnUnreadable] = None,
 ) -> list[ImagePredictions]:
     """Top-``k`` predictions of every image in ``paths``, in order, ``batch_size`` images per forward;
     an image of more than ``max_pixels`` pixels is refused before it is decoded.
@@ -286,7 +294,7 @@ def predict_images(
     # disable=None: a bar only on a terminal, never in a log or a pipe.
     with tqdm(total=len(paths), desc="predict", unit="img", disable=None if progress else True, leave=False) as bar:
         for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
+            chunk = paths[start : start + batch_size]
             batch, images = [], []
             for path in chunk:
                 try:
@@ -323,6 +331,9 @@ def write_predictions(path: Path, results: Sequence[ImagePredictions]) -> None:
     if path.suffix.lower() == ".json":
         write_json(path, [r.to_dict() for r in results])
         return
-    rows = [dict(zip(CSV_COLUMNS, (str(result.path), rank, p.classname, p.label, repr(p.probability))))
-            for result in results for rank, p in enumerate(result.predictions, start=1)]
+    rows = [
+        dict(zip(CSV_COLUMNS, (str(result.path), rank, p.classname, p.label, repr(p.probability))))
+        for result in results
+        for rank, p in enumerate(result.predictions, start=1)
+    ]
     write_text(path, csv_text(rows, CSV_COLUMNS))

@@ -155,7 +155,9 @@ def hydra_value(value: Any) -> str:
         raise ParamsError(f"{value!r}: not a scalar params value")
     if "${" in value:
         # DVC resolves OmegaConf interpolations in -S values, quoted or not
-        raise ParamsError(f"{value[:60]!r}: '${{' in a value cannot pass through dvc exp run -S; write it with the preset command")
+        raise ParamsError(
+            f"{value[:60]!r}: '${{' in a value cannot pass through dvc exp run -S; write it with the preset command"
+        )
     if _HYDRA_PLAIN.fullmatch(value) and value.lower() not in _HYDRA_KEYWORDS:
         return value
     # Hydra's quoted string: \' is a quote; backslashes are literal except before a quote or at the end
@@ -203,7 +205,7 @@ def _split_comment(rest: str) -> tuple[str, str]:
                 quote = None
         elif quote == "'":
             if char == "'":
-                if rest[i + 1:i + 2] == "'":
+                if rest[i + 1 : i + 2] == "'":
                     i += 2
                     continue
                 quote = None
@@ -238,8 +240,9 @@ def _scan(lines: list[str]) -> list[_KeyLine]:
             continue  # deeper than the section's keys
         value, comment = _split_comment(match.group(3))
         prefix = match.group(1) + match.group(2) + ":"
-        found.append(_KeyLine(index, f"{section}.{match.group(2)}", prefix, value.strip(), comment,
-                              len(prefix) + len(value)))
+        found.append(
+            _KeyLine(index, f"{section}.{match.group(2)}", prefix, value.strip(), comment, len(prefix) + len(value))
+        )
     return found
 
 
@@ -265,14 +268,19 @@ def update_params_text(text: str, values: dict[str, Any], source: str) -> tuple[
     for dotted, value in values.items():
         where = by_key.get(dotted, [])
         if not where:
-            raise ParamsError(f"{source}: no line '{dotted.split('.', 1)[1]}: ...' under '{dotted.split('.')[0]}:' "
-                              f"to set {dotted}; add the key (see the repository's params.yaml)")
+            raise ParamsError(
+                f"{source}: no line '{dotted.split('.', 1)[1]}: ...' under '{dotted.split('.')[0]}:' "
+                f"to set {dotted}; add the key (see the repository's params.yaml)"
+            )
         if len(where) > 1:
-            raise ParamsError(f"{source}: '{dotted}' is written twice (lines {where[0].index + 1} and {where[1].index + 1})")
+            raise ParamsError(
+                f"{source}: '{dotted}' is written twice (lines {where[0].index + 1} and {where[1].index + 1})"
+            )
         found = where[0]
         if not found.value:
-            raise ParamsError(f"{source}:{found.index + 1}: '{dotted}' has no value on its line; "
-                              "write it as 'key: value'")
+            raise ParamsError(
+                f"{source}:{found.index + 1}: '{dotted}' has no value on its line; write it as 'key: value'"
+            )
         if _same_value(found.value, value):
             continue
         new_value = yaml_scalar(value)
@@ -280,7 +288,7 @@ def update_params_text(text: str, values: dict[str, Any], source: str) -> tuple[
         if found.comment:
             gap = max(found.comment_column - len(line), 2)  # the comment stays in its column, or 2 spaces on
             line = line + " " * gap + found.comment
-        lines[found.index] = line + lines[found.index][len(bodies[found.index]):]
+        lines[found.index] = line + lines[found.index][len(bodies[found.index]) :]
         changes.append((dotted, found.value, new_value))
     return "\n".join(lines), changes
 

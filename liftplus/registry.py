@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from liftplus.errors import CheckpointError, DataError, GateFailed, LiftplusError
-from liftplus.metric_names import ACCURACY_KEYS, TEST_SECTION
 from liftplus.io import file_digest
+from liftplus.metric_names import ACCURACY_KEYS, TEST_SECTION
 from liftplus.params import RegisterParams
 
 METRIC_KEYS = ACCURACY_KEYS
@@ -124,9 +124,7 @@ def check_gate(metrics: dict[str, Any], gate: RegisterParams, source: str = "met
     for metric, param, threshold in gate_criteria(gate):
         value = metrics.get(metric)
         if value is None:
-            raise GateFailed(
-                f"register gate: {metric} is null in {source}, but {param} requires >= {threshold:g}"
-            )
+            raise GateFailed(f"register gate: {metric} is null in {source}, but {param} requires >= {threshold:g}")
         if value < threshold:
             raise GateFailed(f"register gate: {metric} {value:.2f} < {param} {threshold:g} ({source})")
 
@@ -172,8 +170,7 @@ def head_commit(repo: str | Path = ".") -> str:
     except Exception as exc:  # not a repo, no commit yet, ...
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise LiftplusError(
-            f"register: {Path(repo).resolve()} has no git commit to register on ({reason}); "
-            "commit the project first"
+            f"register: {Path(repo).resolve()} has no git commit to register on ({reason}); commit the project first"
         ) from None
 
 
@@ -245,12 +242,18 @@ def register_model(
             f"(md5 {existing.md5}); commit dvc.lock for this model, then register again"
         )
     if existing is None:
-        _gto("register", api.register, str(repo), name, "HEAD",
-             message=version_message(recorded_path, md5, metrics))
+        _gto("register", api.register, str(repo), name, "HEAD", message=version_message(recorded_path, md5, metrics))
     version = next(v for v in registered_versions(repo, name) if v.commit == head)
     if stage and stage not in version.stages:
-        _gto("assign", api.assign, str(repo), name, stage, version=version.version,
-             message=f"Assigning stage {stage} to {name} {version.version}")
+        _gto(
+            "assign",
+            api.assign,
+            str(repo),
+            name,
+            stage,
+            version=version.version,
+            message=f"Assigning stage {stage} to {name} {version.version}",
+        )
         version = next(v for v in registered_versions(repo, name) if v.commit == head)
     return version, created
 
@@ -277,8 +280,10 @@ def find_version(reference: str, repo: str | Path = ".", name: Optional[str] = N
         )
     artifacts = sorted({v.name for v in versions})
     if len(artifacts) > 1:
-        raise CheckpointError(f"model '{reference}': several models are registered ({', '.join(artifacts)}); "
-                              f"write NAME@VERSION or NAME#STAGE")
+        raise CheckpointError(
+            f"model '{reference}': several models are registered ({', '.join(artifacts)}); "
+            f"write NAME@VERSION or NAME#STAGE"
+        )
     if shortcut.shortcut:
         version, stage, latest = shortcut.version, shortcut.stage, shortcut.latest
     elif reference in ("latest", "greatest"):
@@ -295,9 +300,7 @@ def find_version(reference: str, repo: str | Path = ".", name: Optional[str] = N
             if candidate.version == version:
                 return candidate
         known = ", ".join(v.version for v in versions)
-        raise CheckpointError(
-            f"model '{reference}': {artifacts[0]} has no version {version} (registered: {known})"
-        )
+        raise CheckpointError(f"model '{reference}': {artifacts[0]} has no version {version} (registered: {known})")
     in_stage = [v for v in versions if stage in v.stages]
     if not in_stage:
         used = sorted({s for v in versions for s in v.stages})

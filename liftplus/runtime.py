@@ -67,7 +67,6 @@ def init_distributed(info: Distributed, device: torch.device) -> None:
         torch.cuda.set_device(device)
     if info.world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world,
-                                device_id=device if device.type == "cuda" else None)
-
-
+        dist.init_process_group(
+            backend=backend, rank=info.rank, world_size=info.world, device_id=device if device.type == "cuda" else None
+        )

@@ -20,9 +20,10 @@ import hashlib
 import json
 import signal
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -32,10 +33,10 @@ from liftplus.code_closure import import_closure
 from liftplus.data.input_path import finish_batch
 from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
 from liftplus.errors import CheckpointError, TrainingError
+from liftplus.inference import run_inference
 from liftplus.io import load_torch, save_torch
 from liftplus.metrics import classification_metrics
 from liftplus.model.checkpoint import first_non_finite, load_trainable_state
-from liftplus.inference import run_inference
 from liftplus.progress import Progress, eta_text
 from liftplus.runtime import Distributed, autocast_dtype, init_distributed, pick_device, set_determinism
 from liftplus.train_step import NonFiniteLoss, train_step
@@ -115,7 +116,7 @@ class StopRequest:
     signal: Optional[int] = None
     _previous: dict = field(default_factory=dict)
 
-    def install(self) -> "StopRequest":
+    def install(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -156,8 +157,18 @@ def code_fingerprint() -> str:
 
 
 def save_state(
-    path: Path, *, epoch: int, step: int, model: nn.Module, optimizer, scheduler, scaler, cfg: RunConfig,
-    history: list[EpochLog], step_losses: Sequence[float] = (), best: Optional[dict] = None,
+    path: Path,
+    *,
+    epoch: int,
+    step: int,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    scaler,
+    cfg: RunConfig,
+    history: list[EpochLog],
+    step_losses: Sequence[float] = (),
+    best: Optional[dict] = None,
 ) -> None:
     """``step``: optimizer steps done in ``epoch``; unlike a micro-batch index it means the same
     samples whatever the number of processes, so a run may resume on another world size.
@@ -176,8 +187,9 @@ def save_state(
         "scaler": scaler.state_dict() if scaler is not None else None,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
-        "history": [asdict(log, dict_factory=lambda items: {k: v for k, v in items if k != "replayed"})
-                    for log in history],
+        "history": [
+            asdict(log, dict_factory=lambda items: {k: v for k, v in items if k != "replayed"}) for log in history
+        ],
         "step_losses": list(step_losses),
         "best": best,
     }
@@ -269,7 +281,10 @@ def fit(
     loss_fn.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
         fused=True if device.type == "cuda" else None,
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
@@ -309,11 +324,22 @@ def fit(
         step_model = torch.compile(step_model)
 
     sampler = EpochBatchSampler(
-        len(dataset), cfg.micro_batch, shuffle=True, seed=cfg.seed,
-        rank=dist_info.rank, world=dist_info.world, subset=samples,
+        len(dataset),
+        cfg.micro_batch,
+        shuffle=True,
+        seed=cfg.seed,
+        rank=dist_info.rank,
+        world=dist_info.world,
+        subset=samples,
     )
-    loader = make_loader(dataset, sampler, cfg.workers, pin_memory=device.type == "cuda",
-                         prefetch=cfg.prefetch, persistent=cfg.persistent_workers)
+    loader = make_loader(
+        dataset,
+        sampler,
+        cfg.workers,
+        pin_memory=device.type == "cuda",
+        prefetch=cfg.prefetch,
+        persistent=cfg.persistent_workers,
+    )
     num_batches = len(sampler)
     steps_per_epoch = -(-num_batches // accum_steps)
     start_batch = min(start_step * accum_steps, num_batches)
@@ -324,16 +350,22 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
         seen, loss_sum, correct, started = 0, 0.0, 0, time.perf_counter()
         step_seen, step_loss_sum = 0, 0.0
-        bar = Progress(f"epoch {epoch + 1}/{cfg.epochs}", num_batches, start_batch, unit="batch",
-                       enabled=progress and dist_info.is_main)
+        bar = Progress(
+            f"epoch {epoch + 1}/{cfg.epochs}",
+            num_batches,
+            start_batch,
+            unit="batch",
+            enabled=progress and dist_info.is_main,
+        )
         for batch_idx, (images, labels) in enumerate(loader, start=start_batch):
             images = finish_batch(dataset.transform, images, device)
             labels = labels.to(device, non_blocking=True)
             last_of_step = (batch_idx + 1) % accum_steps == 0 or batch_idx + 1 == num_batches
             sync = contextlib.nullcontext() if last_of_step or dist_info.world == 1 else step_model.no_sync()
             try:
-                loss, logits = train_step(step_model, loss_fn, images, labels, optimizer, scaler, amp_dtype,
-                                          accum_steps, last_of_step, sync)
+                loss, logits = train_step(
+                    step_model, loss_fn, images, labels, optimizer, scaler, amp_dtype, accum_steps, last_of_step, sync
+                )
             except NonFiniteLoss as bad:
                 raise TrainingError(
                     f"train: loss is {bad.value} at epoch {epoch + 1}, batch {batch_idx + 1}"
@@ -353,20 +385,40 @@ def fit(
             step = -(-(batch_idx + 1) // accum_steps)
             bar.update(
                 1,
-                line=lambda: training_line(epoch, cfg.epochs, step, steps_per_epoch, loss_sum / seen,
-                                           seen / max(bar.elapsed, 1e-9), bar.rate(step - start_step)),
-                loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}",
+                line=lambda: training_line(
+                    epoch,
+                    cfg.epochs,
+                    step,
+                    steps_per_epoch,
+                    loss_sum / seen,
+                    seen / max(bar.elapsed, 1e-9),
+                    bar.rate(step - start_step),
+                ),
+                loss=f"{loss_sum / seen:.4f}",
+                acc=f"{100 * correct / seen:.1f}",
                 img_s=f"{seen / max(elapsed, 1e-9):.0f}",
             )
 
             if last_of_step and stop_requested(stop, dist_info, device):
                 if dist_info.is_main:
-                    save_state(state_path, epoch=epoch, step=step, model=model, optimizer=optimizer,
-                               scheduler=scheduler, scaler=scaler, cfg=cfg, history=history,
-                               step_losses=step_losses, best=best)
+                    save_state(
+                        state_path,
+                        epoch=epoch,
+                        step=step,
+                        model=model,
+                        optimizer=optimizer,
+                        scheduler=scheduler,
+                        scaler=scaler,
+                        cfg=cfg,
+                        history=history,
+                        step_losses=step_losses,
+                        best=best,
+                    )
                 bar.close()
                 why = f"signal {stop.signal}" if stop.signal is not None else "a signal to another rank"
-                raise Interrupted(f"stopped by {why} at epoch {epoch + 1}, batch {batch_idx + 1}; state saved to {state_path}")
+                raise Interrupted(
+                    f"stopped by {why} at epoch {epoch + 1}, batch {batch_idx + 1}; state saved to {state_path}"
+                )
         bar.close()
         # The loss is checked before each step; the weights after the epoch's last one, so that
         # no state (and so no final checkpoint) is ever saved from a poisoned model.
@@ -379,17 +431,28 @@ def fit(
         scheduler.step()
         start_batch = start_step = 0
         elapsed = time.perf_counter() - started
-        log = EpochLog(epoch + 1, loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), lr,
-                       seen / max(elapsed, 1e-9), elapsed)
+        log = EpochLog(
+            epoch + 1, loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), lr, seen / max(elapsed, 1e-9), elapsed
+        )
         if validation is not None and dist_info.is_main:
             log.validation = validation_scores(model, validation, device, cfg.precision, progress)
         history.append(log)
         if log.validation is not None and best_epoch(history) is log:
             best = {"epoch": log.epoch, "score": log.validation[BEST_BY], "trainable": cpu_trainable_state(model)}
         if dist_info.is_main:
-            save_state(state_path, epoch=epoch + 1, step=0, model=model, optimizer=optimizer,
-                       scheduler=scheduler, scaler=scaler, cfg=cfg, history=history,
-                       step_losses=step_losses, best=best)
+            save_state(
+                state_path,
+                epoch=epoch + 1,
+                step=0,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                cfg=cfg,
+                history=history,
+                step_losses=step_losses,
+                best=best,
+            )
             if on_epoch is not None:
                 on_epoch(log)
     if cfg.keep == "best" and best is not None:
@@ -397,12 +460,15 @@ def fit(
     return history
 
 
-def training_line(epoch: int, epochs: int, step: int, steps: int, loss: float, images_per_second: float,
-                  steps_per_second: float) -> str:
+def training_line(
+    epoch: int, epochs: int, step: int, steps: int, loss: float, images_per_second: float, steps_per_second: float
+) -> str:
     """``epoch 2/5 step 120/460 loss 1.2345 312 img/s ETA 0:04:10``; the ETA is the run's end."""
     remaining = (epochs - epoch) * steps - step
-    return (f"epoch {epoch + 1}/{epochs} step {step}/{steps} loss {loss:.4f} "
-            f"{images_per_second:,.0f} img/s ETA {eta_text(remaining, steps_per_second)}")
+    return (
+        f"epoch {epoch + 1}/{epochs} step {step}/{steps} loss {loss:.4f} "
+        f"{images_per_second:,.0f} img/s ETA {eta_text(remaining, steps_per_second)}"
+    )
 
 
 def best_epoch(history: Sequence[EpochLog]) -> Optional[EpochLog]:
@@ -416,7 +482,11 @@ def best_epoch(history: Sequence[EpochLog]) -> Optional[EpochLog]:
 
 
 def validation_scores(
-    model: nn.Module, validation: Validation, device: torch.device, precision: str, progress: bool = True,
+    model: nn.Module,
+    validation: Validation,
+    device: torch.device,
+    precision: str,
+    progress: bool = True,
 ) -> dict[str, Optional[float]]:
     """Accuracy, mean per-class and many/medium/few accuracy in percent (None: a group without a class).
 
@@ -426,10 +496,26 @@ def validation_scores(
     was_training = _unwrap(model).training
     model.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        logits, labels = run_inference(model, validation.dataset, validation.batch_size, validation.workers, device,
-                                    precision, progress, "validate", validation.subset, validation.prefetch)
+        logits, labels = run_inference(
+            model,
+            validation.dataset,
+            validation.batch_size,
+            validation.workers,
+            device,
+            precision,
+            progress,
+            "validate",
+            validation.subset,
+            validation.prefetch,
+        )
     model.train(was_training)
-    m = classification_metrics(labels.tolist(), logits.argmax(dim=1).tolist(), validation.train_counts,
-                               len(validation.train_counts))
-    return {"acc": m["accuracy"], "acc_mean_class": m["mean_class_accuracy"],
-            "acc_many": m["many"], "acc_medium": m["medium"], "acc_few": m["few"]}
+    m = classification_metrics(
+        labels.tolist(), logits.argmax(dim=1).tolist(), validation.train_counts, len(validation.train_counts)
+    )
+    return {
+        "acc": m["accuracy"],
+        "acc_mean_class": m["mean_class_accuracy"],
+        "acc_many": m["many"],
+        "acc_medium": m["medium"],
+        "acc_few": m["few"],
+    }

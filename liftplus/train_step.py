@@ -7,7 +7,8 @@ metrics) so a benchmark on a machine with PyTorch alone times the very step trai
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Optional
+from contextlib import AbstractContextManager
+from typing import Optional
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ def train_step(
     amp_dtype: Optional[torch.dtype] = None,
     accum_steps: int = 1,
     last_of_step: bool = True,
-    sync: ContextManager = contextlib.nullcontext(),
+    sync: AbstractContextManager = contextlib.nullcontext(),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward under autocast (``amp_dtype``), the loss in float32 (refused when not finite),
     backward of ``loss / accum_steps`` (scaled when there is an fp16 ``scaler``), and on the

@@ -8,9 +8,10 @@ checkpoint. Kept apart from the loop so the loop stays readable.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from liftplus.data.loader import ShardIndex
 from liftplus.data.manifest import shard_paths
 from liftplus.errors import DataError, ParamsError
 from liftplus.head_init import load_text_init
+from liftplus.inference import predict_features
 from liftplus.io import sha256_file
 from liftplus.losses import build_loss
 from liftplus.model.backbone import backbone_fingerprint
@@ -28,7 +30,6 @@ from liftplus.model.build import LiftModel, ModelConfig, build_model
 from liftplus.model.checkpoint import save_checkpoint
 from liftplus.model.heads import class_mean_weights, linear_probe_weights
 from liftplus.params import Params, TrainParams
-from liftplus.inference import predict_features
 from liftplus.runtime import Distributed, distributed_from_env, pick_device
 from liftplus.train import RunConfig, Validation, code_fingerprint, run_fingerprint
 
@@ -58,8 +59,9 @@ def resolved_validation(train: TrainParams, manifest: dict) -> str:
     if train.validation == "auto":
         return "val" if has_val else "none"
     if train.validation == "val" and not has_val:
-        raise DataError("train.validation is 'val' but the shards have no val split with samples "
-                        "(set it to holdout, auto or off)")
+        raise DataError(
+            "train.validation is 'val' but the shards have no val split with samples (set it to holdout, auto or off)"
+        )
     return train.validation
 
 
@@ -100,8 +102,9 @@ def prepare_training(
     device = pick_device(train.device, dist)
     hand_off = resolve_hand_off(train.input, device)
 
-    transform = train_input(hand_off, pre.image_size, pre.mean, pre.std, max(train.epochs, 1),
-                            train.mda, train.mda_schedule, train.resize)
+    transform = train_input(
+        hand_off, pre.image_size, pre.mean, pre.std, max(train.epochs, 1), train.mda, train.mda_schedule, train.resize
+    )
     dataset = ShardIndex(train_shards, transform, num_classes=num_classes, seed=train.seed)
     how = resolved_validation(train, manifest)
     validation, samples = None, None
@@ -109,8 +112,7 @@ def prepare_training(
         eval_transform = eval_input(hand_off, pre.image_size, pre.mean, pre.std)
         validation, samples = validation_samples(how, train, manifest, shard_dir, dataset, eval_transform)
 
-    head_source = initialise_head(model, params, train, classnames, train_shards, head_path, device, hand_off,
-                                  samples)
+    head_source = initialise_head(model, params, train, classnames, train_shards, head_path, device, hand_off, samples)
     trained_counts = train_counts if samples is None else class_counts(dataset, samples, num_classes)
     loss = build_loss(train.loss, trained_counts, tau=train.tau, scale=params.model.scale)
 
@@ -118,8 +120,18 @@ def prepare_training(
         model=model_cfg.to_dict(),
         # the validation params go in resolved (auto and the mode it picks are the same run);
         # validation's batch size and workers change no result, as the train ones do not
-        train=train.model_dump(exclude={"workers", "verify_checksums", "device", "input",
-                                        "prefetch", "persistent_workers", "validation", "val_fraction"}),
+        train=train.model_dump(
+            exclude={
+                "workers",
+                "verify_checksums",
+                "device",
+                "input",
+                "prefetch",
+                "persistent_workers",
+                "validation",
+                "val_fraction",
+            }
+        ),
         validation=validation_fingerprint(how, train, manifest),
         input=hand_off,
         code=code_fingerprint(),
@@ -128,30 +140,52 @@ def prepare_training(
         shards=[s["sha256"] for s in manifest["splits"]["train"]["shards"]],
     )
     config = RunConfig(
-        epochs=train.epochs, lr=train.lr, batch_size=train.batch_size, micro_batch=train.micro_batch,
-        weight_decay=train.weight_decay, momentum=train.momentum, workers=train.workers, seed=train.seed,
-        deterministic=train.deterministic, device=train.device, precision=train.precision,
-        compile=train.compile, prefetch=train.prefetch, persistent_workers=train.persistent_workers,
-        keep=train.keep, fingerprint=fingerprint,
+        epochs=train.epochs,
+        lr=train.lr,
+        batch_size=train.batch_size,
+        micro_batch=train.micro_batch,
+        weight_decay=train.weight_decay,
+        momentum=train.momentum,
+        workers=train.workers,
+        seed=train.seed,
+        deterministic=train.deterministic,
+        device=train.device,
+        precision=train.precision,
+        compile=train.compile,
+        prefetch=train.prefetch,
+        persistent_workers=train.persistent_workers,
+        keep=train.keep,
+        fingerprint=fingerprint,
     )
     return TrainingRun(model, dataset, loss, config, dist, manifest, train, validation, samples)
 
 
 def validation_samples(
-    how: str, train: TrainParams, manifest: dict, shard_dir: Path, dataset: ShardIndex, transform,
+    how: str,
+    train: TrainParams,
+    manifest: dict,
+    shard_dir: Path,
+    dataset: ShardIndex,
+    transform,
 ) -> tuple[Validation, Optional[list[int]]]:
     """The :class:`Validation` of mode ``how`` (``val`` or ``holdout``, test-transformed by ``transform``)
     and the indices of ``dataset``, the training shards, left to train on (None: all)."""
-    common = dict(train_counts=manifest["splits"]["train"]["class_counts"], batch_size=train.micro_batch,
-                  workers=train.workers, prefetch=train.prefetch)
+    common = dict(
+        train_counts=manifest["splits"]["train"]["class_counts"],
+        batch_size=train.micro_batch,
+        workers=train.workers,
+        prefetch=train.prefetch,
+    )
     num_classes = len(manifest["classnames"])
     if how == "val":
         val_shards = ShardIndex(shard_paths(manifest, shard_dir, "val"), transform, num_classes=num_classes)
         return Validation(val_shards, **common), None
     held = holdout_indices(dataset.labels, train.val_fraction, train.seed)
     if not held:
-        raise DataError(f"train.validation is 'holdout' but no class has 2 training images to hold one out of "
-                        f"({len(dataset)} images)")
+        raise DataError(
+            f"train.validation is 'holdout' but no class has 2 training images to hold one out of "
+            f"({len(dataset)} images)"
+        )
     kept = sorted(set(range(len(dataset))) - set(held))
     return Validation(ShardIndex(dataset.paths, transform, num_classes=num_classes), subset=held, **common), kept
 
@@ -172,8 +206,14 @@ def validation_fingerprint(how: str, train: TrainParams, manifest: dict) -> Opti
 
 
 def initialise_head(
-    model: LiftModel, params: Params, train: TrainParams, classnames: list[str],
-    train_shards: Sequence[Path], head_path: Path, device: torch.device, hand_off: str,
+    model: LiftModel,
+    params: Params,
+    train: TrainParams,
+    classnames: list[str],
+    train_shards: Sequence[Path],
+    head_path: Path,
+    device: torch.device,
+    hand_off: str,
     samples: Optional[Sequence[int]] = None,
 ) -> str:
     """Set the head's starting weights; return a string identifying where they came from.
@@ -196,8 +236,13 @@ def initialise_head(
 
 
 def init_features(
-    model: LiftModel, train_shards: Sequence[Path], num_classes: int, train: TrainParams,
-    device: torch.device, hand_off: str, samples: Optional[Sequence[int]] = None,
+    model: LiftModel,
+    train_shards: Sequence[Path],
+    num_classes: int,
+    train: TrainParams,
+    device: torch.device,
+    hand_off: str,
+    samples: Optional[Sequence[int]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Image features of up to 100 training images (of ``samples``, None: all) per class, test-transformed."""
     pre = model.preprocess
@@ -217,12 +262,17 @@ def init_features(
 
 def finish_training(run: TrainingRun, out: Path) -> None:
     run.model.to("cpu")
-    save_checkpoint(out, run.model, run.model.config, extra={
-        "method": run.train.method,
-        "classnames": run.manifest["classnames"],
-        "train_counts": run.manifest["splits"]["train"]["class_counts"],
-        "epochs": run.config.epochs,
-        "run_fingerprint": run.config.fingerprint,
-        "keep": run.config.keep,
-    })
+    save_checkpoint(
+        out,
+        run.model,
+        run.model.config,
+        extra={
+            "method": run.train.method,
+            "classnames": run.manifest["classnames"],
+            "train_counts": run.manifest["splits"]["train"]["class_counts"],
+            "epochs": run.config.epochs,
+            "run_fingerprint": run.config.fingerprint,
+            "keep": run.config.keep,
+        },
+    )
     print(f"train: trainable weights → {out}")

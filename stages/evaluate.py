@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-
+from liftplus.data.input_path import eval_input, resolve_hand_off
 from liftplus.data.loader import ShardIndex
 from liftplus.data.manifest import read_manifest, shard_paths
-from liftplus.data.input_path import eval_input, resolve_hand_off
 from liftplus.errors import DataError, exit_on_error
 from liftplus.evaluate import check_classnames, evaluation_report
-from liftplus.metric_names import TEST_SECTION
+from liftplus.inference import predict_logits
 from liftplus.io import csv_text, json_text, write_texts
 from liftplus.locks import output_lock
+from liftplus.metric_names import TEST_SECTION
 from liftplus.model.checkpoint import model_from_checkpoint
 from liftplus.params import load_params
-from liftplus.inference import predict_logits
 from liftplus.runtime import Distributed, pick_device
 from stages import stage_parser
 
@@ -38,25 +37,37 @@ def evaluate_stage(args) -> None:
     check_classnames(args.model, checkpoint.get("extra", {}).get("classnames"), classnames)
     pre = model.preprocess
     device = pick_device("auto", Distributed())
-    transform = eval_input(resolve_hand_off(params.input, device), pre.image_size, pre.mean, pre.std,
-                           tte=params.tte, expand=params.tte_expand)
+    transform = eval_input(
+        resolve_hand_off(params.input, device),
+        pre.image_size,
+        pre.mean,
+        pre.std,
+        tte=params.tte,
+        expand=params.tte_expand,
+    )
     dataset = ShardIndex(shard_paths(manifest, shard_dir, args.split), transform, num_classes=len(classnames))
-    logits, labels = predict_logits(model, dataset, params.batch_size, params.workers, device, params.precision,
-                                    prefetch=params.prefetch)
+    logits, labels = predict_logits(
+        model, dataset, params.batch_size, params.workers, device, params.precision, prefetch=params.prefetch
+    )
 
-    report = evaluation_report(logits, labels, manifest["splits"]["train"]["class_counts"], classnames,
-                               params.tte, params.tte_expand)
+    report = evaluation_report(
+        logits, labels, manifest["splits"]["train"]["class_counts"], classnames, params.tte, params.tte_expand
+    )
     out = args.out
-    write_texts({  # one set: a failure leaves every previous file as it was
-        out / "per_class.csv": csv_text(report["per_class"]),
-        out / "predictions.csv": csv_text(report["predictions"]),
-        out / "eval.json": json_text(report["metrics"]),
-    })
+    write_texts(
+        {  # one set: a failure leaves every previous file as it was
+            out / "per_class.csv": csv_text(report["per_class"]),
+            out / "predictions.csv": csv_text(report["predictions"]),
+            out / "eval.json": json_text(report["metrics"]),
+        }
+    )
     m = report["metrics"][TEST_SECTION]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-    print(f"evaluate ({args.split}, {'TTE' if params.tte else 'centre crop'}): accuracy {fmt(m['acc'])}  "
-          f"mean/class {fmt(m['acc_mean_class'])}  many {fmt(m['acc_many'])}  medium {fmt(m['acc_medium'])}  "
-          f"few {fmt(m['acc_few'])}")
+    print(
+        f"evaluate ({args.split}, {'TTE' if params.tte else 'centre crop'}): accuracy {fmt(m['acc'])}  "
+        f"mean/class {fmt(m['acc_mean_class'])}  many {fmt(m['acc_many'])}  medium {fmt(m['acc_medium'])}  "
+        f"few {fmt(m['acc_few'])}"
+    )
 
 
 if __name__ == "__main__":

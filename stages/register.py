@@ -31,8 +31,13 @@ from stages import stage_parser
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
-    args = stage_parser("register", __doc__, metrics="data/metrics/eval.json", model="data/model/adapter.pt",
-                        out="data/registry/registration.json").parse_args(argv)
+    args = stage_parser(
+        "register",
+        __doc__,
+        metrics="data/metrics/eval.json",
+        model="data/model/adapter.pt",
+        out="data/registry/registration.json",
+    ).parse_args(argv)
     gate = load_params(args.params).register_
     metrics = read_metrics(args.metrics)
     load_checkpoint(args.model)  # refuses a file that is no checkpoint, or holds NaN or inf weights
@@ -45,8 +50,12 @@ def main(argv: list[str] | None = None) -> None:
             gate_result = "passed"
         except GateFailed as failed:
             gate_result = str(failed)
-        record |= {"registered": False, "gate": gate_result, "md5": md5_file(args.model),
-                   "reason": f"experiment '{experiment}': apply and commit it, then `dvc repro register`"}
+        record |= {
+            "registered": False,
+            "gate": gate_result,
+            "md5": md5_file(args.model),
+            "reason": f"experiment '{experiment}': apply and commit it, then `dvc repro register`",
+        }
         write_json(args.out, record)
         print(f"register: not registering inside experiment '{experiment}' (gate {gate_result})")
         return

@@ -19,7 +19,7 @@ them, so ``dvc metrics diff`` of two runs of the same params is quiet.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from liftplus.data.manifest import read_manifest, verify_checksums
 from liftplus.errors import OutputError, exit_on_error
@@ -29,7 +29,6 @@ from liftplus.params import load_params, resolved_train
 from liftplus.train import EpochLog, Interrupted, StepLog, StopRequest, best_epoch, fit
 from liftplus.training_run import finish_training, prepare_training, resolved_validation
 from stages import stage_parser
-
 
 ACCURACY_DECIMALS, LOSS_DECIMALS = 2, 4
 """What the logged values are rounded to: more digits are noise in ``dvc exp show``."""
@@ -46,8 +45,10 @@ def epoch_metrics(log: EpochLog) -> dict[str, float]:
 
 def epoch_line(log: EpochLog, epochs: int) -> str:
     saved = " (from the saved state)" if log.replayed else ""
-    line = (f"epoch {log.epoch}/{epochs}{saved}: loss {log.loss:.4f}  acc {log.accuracy:.2f}%  "
-            f"lr {log.lr:.4g}  {log.images_per_second:.0f} img/s")
+    line = (
+        f"epoch {log.epoch}/{epochs}{saved}: loss {log.loss:.4f}  acc {log.accuracy:.2f}%  "
+        f"lr {log.lr:.4g}  {log.images_per_second:.0f} img/s"
+    )
     if log.validation:
         line += f"  val acc {log.validation['acc']:.2f}%  mean/class {log.validation['acc_mean_class']:.2f}%"
     return line
@@ -68,8 +69,9 @@ def dvclive_logger(live_dir: str, epochs: int):
         raise OutputError(f"{where}: cannot start the DVCLive training log ({error_reason(exc)})") from exc
 
     def log_epoch(log: EpochLog) -> None:
-        with log_writes(live_dir, f"the training log stopped at epoch {log.epoch}, whose state is saved; "
-                                  "fix it and rerun to resume"):
+        with log_writes(
+            live_dir, f"the training log stopped at epoch {log.epoch}, whose state is saved; fix it and rerun to resume"
+        ):
             live.step = log.epoch
             for name, value in epoch_metrics(log).items():
                 live.log_metric(name, value)
@@ -79,8 +81,11 @@ def dvclive_logger(live_dir: str, epochs: int):
     def log_step(log: StepLog) -> None:
         """``fit/step_loss`` at the optimizer step; Live's own step (the epoch) is put back after. The
         summary keeps the epoch metrics only: the last step's loss would repeat ``fit/loss``'s story."""
-        with log_writes(live_dir, f"the training log stopped at optimizer step {log.step}; fix it and rerun "
-                                  "to resume from the last epoch saved"):
+        with log_writes(
+            live_dir,
+            f"the training log stopped at optimizer step {log.step}; fix it and rerun "
+            "to resume from the last epoch saved",
+        ):
             epoch_step = live.step
             live.step = log.step
             live.log_metric("fit/step_loss", round(log.loss, LOSS_DECIMALS))
@@ -93,8 +98,9 @@ def dvclive_logger(live_dir: str, epochs: int):
             return
         with log_writes(live_dir, "training is done and its state saved; fix it and rerun to write the weights"):
             live.log_metric("val/best_epoch", best.epoch, plot=False)
-            live.log_metric("val/best_acc_mean_class", round(best.validation["acc_mean_class"], ACCURACY_DECIMALS),
-                            plot=False)
+            live.log_metric(
+                "val/best_acc_mean_class", round(best.validation["acc_mean_class"], ACCURACY_DECIMALS), plot=False
+            )
         print(f"best epoch {best.epoch}/{epochs}: val mean/class {best.validation['acc_mean_class']:.2f}%", flush=True)
 
     return live, log_epoch, log_step, log_end
@@ -126,8 +132,13 @@ def ended_after(live, live_dir: str) -> Iterator[None]:
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
     args = stage_parser(
-        "train", __doc__, shards="data/shards", head="data/head/text_init.pt", out="data/model/adapter.pt",
-        state="data/train_state/last.pt", live="dvclive/train",
+        "train",
+        __doc__,
+        shards="data/shards",
+        head="data/head/text_init.pt",
+        out="data/model/adapter.pt",
+        state="data/train_state/last.pt",
+        live="dvclive/train",
     ).parse_args(argv)
     with output_lock(args.out, "train"):
         train_stage(args)
@@ -139,8 +150,9 @@ def train_stage(args) -> None:
     shard_dir = args.shards
     manifest = read_manifest(shard_dir / "manifest.json")
     if train.verify_checksums:
-        verify_checksums(manifest, shard_dir, splits=["train", "val"] if resolved_validation(train, manifest) == "val"
-                         else ["train"])
+        verify_checksums(
+            manifest, shard_dir, splits=["train", "val"] if resolved_validation(train, manifest) == "val" else ["train"]
+        )
     run = prepare_training(params, train, manifest, shard_dir, args.head)
     state_path = args.state
     if run.dist.is_main:
@@ -152,9 +164,19 @@ def train_stage(args) -> None:
     stop = StopRequest().install()
     try:
         with ended_after(live, str(args.live)) if live else contextlib.nullcontext():
-            history = fit(run.model, run.dataset, run.loss, run.config, state_path, on_epoch=on_epoch,
-                          dist_info=run.dist, stop=stop, validation=run.validation, on_step=on_step,
-                          samples=run.samples)
+            history = fit(
+                run.model,
+                run.dataset,
+                run.loss,
+                run.config,
+                state_path,
+                on_epoch=on_epoch,
+                dist_info=run.dist,
+                stop=stop,
+                validation=run.validation,
+                on_step=on_step,
+                samples=run.samples,
+            )
             if on_end is not None:
                 on_end(history)
     except Interrupted as exc:
@@ -170,10 +192,14 @@ def validation_line(run) -> str:
     if run.validation is None:
         return f"train: {len(run.dataset)} images, no validation; writing the last epoch's weights"
     if run.samples is None:
-        return (f"train: {len(run.dataset)} images, validated each epoch on the val split "
-                f"({len(run.validation.dataset)} images); writing the {run.train.keep} epoch's weights")
-    return (f"train: {len(run.samples)} images, validated each epoch on {len(run.validation.subset)} training "
-            f"images held out of them; writing the {run.train.keep} epoch's weights")
+        return (
+            f"train: {len(run.dataset)} images, validated each epoch on the val split "
+            f"({len(run.validation.dataset)} images); writing the {run.train.keep} epoch's weights"
+        )
+    return (
+        f"train: {len(run.samples)} images, validated each epoch on {len(run.validation.subset)} training "
+        f"images held out of them; writing the {run.train.keep} epoch's weights"
+    )
 
 
 if __name__ == "__main__":

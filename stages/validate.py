@@ -17,14 +17,16 @@ from liftplus.data.longtail import count_curve, longtail_metrics
 from liftplus.errors import ValidationFailed, exit_on_error
 from liftplus.io import csv_text, write_json, write_text
 from liftplus.params import load_params
+from stages import stage_parser
 
 CURVE_COLUMNS = ("rank", "label", "class", "count")
-from stages import stage_parser
 
 
 def print_failures(report: ValidationReport, shard_dir: Path) -> None:
-    print(f"validate: {len(report.failures)} of {report.num_expectations} expectations failed "
-          f"on {shard_dir}", file=sys.stderr)
+    print(
+        f"validate: {len(report.failures)} of {report.num_expectations} expectations failed on {shard_dir}",
+        file=sys.stderr,
+    )
     for failure in report.failures:
         print(f"  - {failure}", file=sys.stderr)
 
@@ -43,18 +45,24 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.params)
     started = time.perf_counter()
-    report = validate_shards(args.shards, sample_size=params.validate_.sample_size,
-                             verify_checksums=params.validate_.verify_checksums,
-                             max_short_side=params.data.max_short_side)
+    report = validate_shards(
+        args.shards,
+        sample_size=params.validate_.sample_size,
+        verify_checksums=params.validate_.verify_checksums,
+        max_short_side=params.data.max_short_side,
+    )
     if not report.success:
         print_failures(report, args.shards)
-        raise ValidationFailed(f"validate: {len(report.failures)} expectation(s) failed on {args.shards}, "
-                               f"first: {report.failures[0]}")
+        raise ValidationFailed(
+            f"validate: {len(report.failures)} expectation(s) failed on {args.shards}, first: {report.failures[0]}"
+        )
     written = write_outputs(report, args.out)
     decoded = ", ".join(f"{split} {n}" for split, n in report.decoded.items())
-    print(f"validate: {report.num_expectations} expectations passed on {args.shards} "
-          f"(decoded {decoded}) in {time.perf_counter() - started:.1f} s; "
-          f"wrote {', '.join(map(str, written))}")
+    print(
+        f"validate: {report.num_expectations} expectations passed on {args.shards} "
+        f"(decoded {decoded}) in {time.perf_counter() - started:.1f} s; "
+        f"wrote {', '.join(map(str, written))}"
+    )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ def covered(path: str, deps: list[str]) -> bool:
 def missing_deps(stage: str, deps: list[str]) -> list[str]:
     """The files stage ``stage``'s script imports that ``deps`` does not cover."""
     return sorted(
-        path for path in import_closure(REPO / "stages" / f"{stage}.py")
+        path
+        for path in import_closure(REPO / "stages" / f"{stage}.py")
         if path not in CANNOT_CHANGE_OUTPUTS and has_code(path) and not covered(path, deps)
     )
 

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-
 from pipeline_project import make_project, run
 
 pytestmark = pytest.mark.slow
@@ -31,10 +30,17 @@ def image_tree(root, per_class: int) -> dict[str, list[str]]:
 
 def test_editing_a_split_list_in_place_reshards(tmp_path):
     lines = image_tree(tmp_path / "images", per_class=4)
-    project = make_project(tmp_path / "project", tmp_path / "images", data={
-        "source": "split-list", "imbalance_ratio": 1, "classnames": "lists/mine/classnames.txt",
-        "train_list": "lists/mine/train.txt", "test_list": "lists/mine/test.txt",
-    })
+    project = make_project(
+        tmp_path / "project",
+        tmp_path / "images",
+        data={
+            "source": "split-list",
+            "imbalance_ratio": 1,
+            "classnames": "lists/mine/classnames.txt",
+            "train_list": "lists/mine/train.txt",
+            "test_list": "lists/mine/test.txt",
+        },
+    )
     mine = project / "lists" / "mine"
     mine.mkdir()
     (mine / "classnames.txt").write_text("\n".join(NAMES) + "\n")

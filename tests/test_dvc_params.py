@@ -36,8 +36,11 @@ NOT_RESULTS = {
 
 
 def schema_keys(section: str) -> set[str]:
-    field = Params.model_fields[section] if section in Params.model_fields else next(
-        f for f in Params.model_fields.values() if f.alias == section)
+    field = (
+        Params.model_fields[section]
+        if section in Params.model_fields
+        else next(f for f in Params.model_fields.values() if f.alias == section)
+    )
     return {f"{section}.{name}" for name in field.annotation.model_fields}
 
 
@@ -49,8 +52,9 @@ def test_every_param_that_shapes_outputs_is_listed(stage):
 
 
 def test_params_are_listed_per_key_and_exist():
-    every_key = set().union(*(schema_keys(s) for s in ("data", "validate", "model", "init_head", "train",
-                                                        "evaluate", "register")))
+    every_key = set().union(
+        *(schema_keys(s) for s in ("data", "validate", "model", "init_head", "train", "evaluate", "register"))
+    )
     for stage, definition in STAGES.items():
         for key in definition.get("params", []):
             assert isinstance(key, str) and "." in key, f"{stage}: list params per key, not {key!r}"

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from shard_tars import sample, write_tar
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from shard_tars import sample, write_tar
 from liftplus.data.input_path import (
     EncodedBatch,
     EncodedInput,
@@ -69,7 +69,7 @@ def batches(dataset: ShardIndex, epoch: int, workers: int = 0) -> list[torch.Ten
 def level_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """|a - b| of normalised images in 8-bit grey levels."""
     std = torch.tensor(STD).view(-1, 1, 1)
-    return ((a - b).abs() * std * 255)
+    return (a - b).abs() * std * 255
 
 
 def test_auto_is_uint8_on_cuda_and_float_elsewhere():
@@ -158,6 +158,7 @@ def test_uint8_hand_off_equals_the_float_path(shard):
 @pytest.mark.parametrize("kind", ["train", "test", "tte"])
 def test_device_decode_matches_the_float_path_to_a_grey_level(shard, kind):
     """Same boxes, another decoder and resampler: within a grey level on average, a few at most."""
+
     def make(hand_off):
         if kind == "train":
             return train_input(hand_off, RES, MEAN, STD, EPOCHS)
@@ -169,7 +170,9 @@ def test_device_decode_matches_the_float_path_to_a_grey_level(shard, kind):
     assert on_device.shape == as_float.shape == expected_shape
     difference = level_difference(on_device, as_float)
     assert difference.mean().item() < 1.0 and difference.max().item() <= 12, (
-        difference.mean().item(), difference.max().item())
+        difference.mean().item(),
+        difference.max().item(),
+    )
 
 
 @pytest.mark.parametrize("res", [32, 224])
@@ -206,7 +209,9 @@ def test_encoded_batches_pin_and_collate(shard):
 
 def test_a_broken_jpeg_is_one_line_naming_the_shard_and_sample(tmp_path):
     good = encoded(photo(40, 40, 0), "JPEG")
-    path = write_tar(tmp_path / "bad.tar", [sample("ok", 0, good, "jpg"), sample("cut", 1, b"\xff\xd8\xff\xe0junk", "jpg")])
+    path = write_tar(
+        tmp_path / "bad.tar", [sample("ok", 0, good, "jpg"), sample("cut", 1, b"\xff\xd8\xff\xe0junk", "jpg")]
+    )
     dataset = ShardIndex([path], train_input("encoded", RES, MEAN, STD, EPOCHS), seed=0)
     dataset[(0, 0)]
     with pytest.raises(DataError, match=r"bad\.tar: sample cut does not decode") as info:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from shard_tars import class_image, sample, write_shards, write_tar
+
 from liftplus.data.loader import EpochBatchSampler, ShardIndex, index_shard, make_loader
 from liftplus.data.transforms import test_transform as eval_transform
 from liftplus.data.transforms import train_transform
@@ -81,10 +81,13 @@ def test_garbled_header_mid_shard_is_an_error(shards, tmp_path):
 
 
 def test_image_without_cls_is_an_error_naming_shard_and_key(tmp_path):
-    path = write_tar(tmp_path / "nolabel.tar", [
-        sample("a0", 0, class_image(0, 0)),
-        sample("a1", None, class_image(1, 1)),
-    ])
+    path = write_tar(
+        tmp_path / "nolabel.tar",
+        [
+            sample("a0", 0, class_image(0, 0)),
+            sample("a1", None, class_image(1, 1)),
+        ],
+    )
     with pytest.raises(DataError, match=r"nolabel\.tar: sample a1 has an image but no \.cls"):
         index_shard(path)
 
@@ -195,8 +198,10 @@ def test_subset_yields_only_those_indices():
     sampler = EpochBatchSampler(50, 2, shuffle=True, seed=5, subset=subset)
     shuffled = _indices(sampler, 0)
     assert sorted(_flat(shuffled)) == sorted(subset) and len(sampler) == len(shuffled) == 3
-    ranks = [_flat(_indices(EpochBatchSampler(50, 2, shuffle=True, seed=5, subset=subset, rank=r, world=2), 0))
-             for r in range(2)]
+    ranks = [
+        _flat(_indices(EpochBatchSampler(50, 2, shuffle=True, seed=5, subset=subset, rank=r, world=2), 0))
+        for r in range(2)
+    ]
     assert set(ranks[0]) | set(ranks[1]) == set(subset) and len(ranks[0]) == len(ranks[1]) == 3
 
 

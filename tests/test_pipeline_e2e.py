@@ -6,7 +6,6 @@ import csv
 import json
 
 import pytest
-
 from pipeline_project import learnable_fashion_mnist, make_project, run
 
 pytestmark = pytest.mark.slow

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
-import yaml
 from typer.testing import CliRunner
 
 from liftplus.cli import app
@@ -213,8 +213,9 @@ def test_folder_results_go_to_csv_with_one_row_per_image_and_rank(trained, folde
     model, path = trained
     (tmp_path / "out").mkdir()
     out = tmp_path / "out" / "predictions.csv"
-    result = run(str(folder), "--model", str(path), "--top-k", "2", "--batch-size", "2", "--no-tte",
-                 "--output", str(out))
+    result = run(
+        str(folder), "--model", str(path), "--top-k", "2", "--batch-size", "2", "--no-tte", "--output", str(out)
+    )
     assert result.exit_code == 0, result.output
 
     with open(out, newline="") as f:
@@ -236,7 +237,11 @@ def test_folder_results_go_to_json_with_one_object_per_image(predictor, folder, 
     write_predictions(out, results)
 
     written = json.loads(out.read_text())
-    assert [item["path"] for item in written] == [str(folder / "a.JPG"), str(folder / "b.png"), str(folder / "sub" / "c.png")]
+    assert [item["path"] for item in written] == [
+        str(folder / "a.JPG"),
+        str(folder / "b.png"),
+        str(folder / "sub" / "c.png"),
+    ]
     for item, result in zip(written, results):
         assert [set(p) for p in item["predictions"]] == [{"class", "label", "probability"}] * 3
         assert [(p["class"], p["label"], p["probability"]) for p in item["predictions"]] == [
@@ -254,7 +259,9 @@ def test_cli_prints_a_table_of_the_top_k_classes(trained, tmp_path, monkeypatch)
     assert title_of(result) == f"{path} (centre crop, resize 36)"
 
     expected = direct_probabilities(model, image)
-    rows = [line.split() for line in result.stdout.splitlines() if line.split()[-1:] and _is_probability(line.split()[-1])]
+    rows = [
+        line.split() for line in result.stdout.splitlines() if line.split()[-1:] and _is_probability(line.split()[-1])
+    ]
     assert len(rows) == 3
     top = expected.argsort(descending=True)[:3].tolist()
     assert [row[-3] for row in rows] == [CLASSNAMES[k] for k in top]
@@ -270,9 +277,17 @@ def _is_probability(text: str) -> bool:
 
 
 def fake_version(version: str = "v0.0.1", stages=(), **metrics) -> ModelVersion:
-    return ModelVersion(name=NAME, version=version, tag=f"{NAME}@{version}", commit="0" * 40,
-                        created_at="2025-01-01T00:00:00", stages=list(stages), md5="0" * 32,
-                        path="data/model/adapter.pt", metrics=metrics)
+    return ModelVersion(
+        name=NAME,
+        version=version,
+        tag=f"{NAME}@{version}",
+        commit="0" * 40,
+        created_at="2025-01-01T00:00:00",
+        stages=list(stages),
+        md5="0" * 32,
+        path="data/model/adapter.pt",
+        metrics=metrics,
+    )
 
 
 @pytest.fixture
@@ -293,13 +308,16 @@ def registry(trained, monkeypatch):
     return fake
 
 
-@pytest.mark.parametrize("reference, title", [
-    ("v0.0.1", f"{NAME}@v0.0.1"),
-    (f"{NAME}@v0.0.1", f"{NAME}@v0.0.1"),
-    ("prod", f"{NAME}#prod → v0.0.1"),
-    (f"{NAME}#prod", f"{NAME}#prod → v0.0.1"),
-    ("latest", f"{NAME}@latest → v0.0.1"),
-])
+@pytest.mark.parametrize(
+    "reference, title",
+    [
+        ("v0.0.1", f"{NAME}@v0.0.1"),
+        (f"{NAME}@v0.0.1", f"{NAME}@v0.0.1"),
+        ("prod", f"{NAME}#prod → v0.0.1"),
+        (f"{NAME}#prod", f"{NAME}#prod → v0.0.1"),
+        ("latest", f"{NAME}@latest → v0.0.1"),
+    ],
+)
 def test_a_registered_version_is_resolved_and_named_in_the_title(registry, tmp_path, monkeypatch, reference, title):
     """The title names the version (and the stage it was asked by), never the DVC cache file it resolved to;
     the version's recorded ``tte: false`` makes it a centre crop."""
@@ -418,18 +436,24 @@ def test_predict_with_the_model_in_stage_prod(trained, tmp_path, monkeypatch):
         random_image(seed).save(repo / "photos" / name)
     (repo / "photos" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG")
     git(["init", "-q", "-b", "main"], repo)
-    for key, value in (("user.name", "liftplus tests"), ("user.email", "tests@liftplus.invalid"),
-                       ("tag.gpgsign", "false"), ("commit.gpgsign", "false")):
+    for key, value in (
+        ("user.name", "liftplus tests"),
+        ("user.email", "tests@liftplus.invalid"),
+        ("tag.gpgsign", "false"),
+        ("commit.gpgsign", "false"),
+    ):
         git(["config", key, value], repo)
     git(["add", "-A"], repo)
     git(["commit", "-q", "-m", "project"], repo)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]))
-    registered = subprocess.run([sys.executable, "-m", "stages.register"], cwd=repo, env=env,
-                                capture_output=True, text=True)
+    registered = subprocess.run(
+        [sys.executable, "-m", "stages.register"], cwd=repo, env=env, capture_output=True, text=True
+    )
     assert registered.returncode == 0, registered.stderr
     gto = Path(sys.executable).parent / "gto"
-    promoted = subprocess.run([str(gto), "assign", NAME, "--version", "v0.0.1", "--stage", "prod"], cwd=repo,
-                              capture_output=True, text=True)  # the README's line (`--stage`: gto wants the option)
+    promoted = subprocess.run(
+        [str(gto), "assign", NAME, "--version", "v0.0.1", "--stage", "prod"], cwd=repo, capture_output=True, text=True
+    )  # the README's line (`--stage`: gto wants the option)
     assert promoted.returncode == 0, promoted.stderr
 
     monkeypatch.chdir(repo)
@@ -437,12 +461,15 @@ def test_predict_with_the_model_in_stage_prod(trained, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     warning, summary = result.stderr.splitlines()
     assert warning.startswith("warning: photos/broken.jpg: not a readable image (") and warning.endswith("); skipped")
-    assert summary == (f"predict: {NAME}#prod → v0.0.1 (TTE, 5 crops, resize 35): 2 image(s) → predictions.csv; "
-                       "1 unreadable image(s) skipped")
+    assert summary == (
+        f"predict: {NAME}#prod → v0.0.1 (TTE, 5 crops, resize 35): 2 image(s) → predictions.csv; "
+        "1 unreadable image(s) skipped"
+    )
     with open(repo / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["path"], r["rank"]) for r in rows] == [(p, str(k)) for p in ("photos/a.png", "photos/b.png")
-                                                       for k in range(1, 6)]
+    assert [(r["path"], r["rank"]) for r in rows] == [
+        (p, str(k)) for p in ("photos/a.png", "photos/b.png") for k in range(1, 6)
+    ]
     for image in ("photos/a.png", "photos/b.png"):
         by_hand = five_crop_probabilities(trained[0], Image.open(image).convert("RGB"), 35)
         top = by_hand.argsort(descending=True)[:5].tolist()
@@ -474,7 +501,10 @@ def test_an_undecodable_image_in_a_folder_is_reported_and_skipped(trained, folde
     ]
     with open(out, newline="") as f:
         assert [row["path"] for row in csv.DictReader(f)] == [
-            str(folder / "a.JPG"), str(folder / "b.png"), str(folder / "sub" / "c.png")]
+            str(folder / "a.JPG"),
+            str(folder / "b.png"),
+            str(folder / "sub" / "c.png"),
+        ]
 
     table = run(str(folder), "--model", str(trained[1]), "-k", "1")
     assert table.exit_code == 0, table.output
@@ -567,7 +597,9 @@ def png_header(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def test_an_image_over_the_pixel_budget_is_refused_before_decoding(trained, tmp_path):
@@ -596,7 +628,8 @@ def test_an_image_over_the_budget_in_a_folder_is_skipped_as_unreadable(trained, 
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines()[0] == (
         f"warning: {folder / 'bomb.png'}: too large: 10000x10000 is 100.0 MP, over the 50 MP budget "
-        "(see --max-pixels); skipped")
+        "(see --max-pixels); skipped"
+    )
     assert result.stderr.splitlines()[-1].endswith("; 1 unreadable image(s) skipped")
     assert_one_line_error(run(str(folder), "--model", str(trained[1]), "--strict"), f"{folder / 'bomb.png'}: too large")
 

@@ -77,7 +77,11 @@ REFERENCE: dict[str, Any] = {
         "cifar100_ir50": ({}, {"test_only": True, "tte": True}),  # lines 23, 26
         "cifar100_ir10": ({}, {"test_only": True, "tte": True}),  # lines 24, 27
     },
-    "backbone": {"backbone": "CLIP-ViT-B/16", "resolution": 224, "classifier_init": "semantic"},  # configs/backbone/clip_vit_b16.yaml
+    "backbone": {
+        "backbone": "CLIP-ViT-B/16",
+        "resolution": 224,
+        "classifier_init": "semantic",
+    },  # configs/backbone/clip_vit_b16.yaml
     "method": {"classifier": "CosineClassifier", "adaptformer": True},  # configs/method/lift+.yaml
     "tte_expand": 24,  # trainer.py:143  expand = cfg.expand if cfg.expand is not None else 24
     "template": "a photo of a {}.",  # trainer.py:252
@@ -112,8 +116,9 @@ OUR_KNOBS = {
 
 
 def _git_show(path: str) -> str:
-    return subprocess.run(["git", "-C", str(MIRROR), "show", f"HEAD:{path}"],
-                          check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", "-C", str(MIRROR), "show", f"HEAD:{path}"], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def _parse_config(text: str) -> dict[str, Any]:
@@ -171,13 +176,16 @@ def reference_from_mirror() -> dict[str, Any]:
         "tte_expand": int(tte.group(1)),
         "template": template.group(1),
         "amp_scaler": 'GradScaler("cuda") if cfg.prec_train == "amp"' in trainer,
-        "la_tau": float(re.search(r"class LogitAdjustedLoss.*?tau=([\d.]+)", _git_show("utils/losses.py"), re.S)
-                        .group(1)),
+        "la_tau": float(
+            re.search(r"class LogitAdjustedLoss.*?tau=([\d.]+)", _git_show("utils/losses.py"), re.S).group(1)
+        ),
         "lists": {d: _parse_lists(_git_show(f"datasets/{m}.py")) for d, m in DATASET_MODULE.items()},
         "cifar": {
             "rand_number": int(re.search(r"rand_number=(\d+)", cifar).group(1)),
-            "imb_factor": {f"cifar100_ir{ir}": float(f) for ir, f in
-                           re.findall(r"class CIFAR100_IR(\d+)\b.*?imb_factor=([\d.]+)", cifar, re.S)},
+            "imb_factor": {
+                f"cifar100_ir{ir}": float(f)
+                for ir, f in re.findall(r"class CIFAR100_IR(\d+)\b.*?imb_factor=([\d.]+)", cifar, re.S)
+            },
         },
     }
 
@@ -227,22 +235,26 @@ def expected_values(ref: dict[str, Any], dataset: str) -> dict[str, Any]:
         "evaluate.precision": TEST_PRECISION[test_cfg["prec_test"]],
     }
     if dataset.startswith("cifar100_ir"):
-        values.update({
-            "data.source": "cifar100",
-            "data.imbalance_ratio": round(1 / ref["cifar"]["imb_factor"][dataset]),
-            "data.seed": ref["cifar"]["rand_number"],
-        })
+        values.update(
+            {
+                "data.source": "cifar100",
+                "data.imbalance_ratio": round(1 / ref["cifar"]["imb_factor"][dataset]),
+                "data.seed": ref["cifar"]["rand_number"],
+            }
+        )
     else:
         folder, files = LIST_FOLDER[dataset], ref["lists"][dataset]
-        values.update({
-            "data.source": "split-list",
-            "data.imbalance_ratio": 1,
-            "data.lists": "lists",
-            "data.classnames": f"lists/{folder}/{files['classnames']}",
-            "data.train_list": f"lists/{folder}/{files['train']}",
-            "data.val_list": None,  # the reference's runs never read a val split
-            "data.test_list": f"lists/{folder}/{files['test']}",
-        })
+        values.update(
+            {
+                "data.source": "split-list",
+                "data.imbalance_ratio": 1,
+                "data.lists": "lists",
+                "data.classnames": f"lists/{folder}/{files['classnames']}",
+                "data.train_list": f"lists/{folder}/{files['train']}",
+                "data.val_list": None,  # the reference's runs never read a val split
+                "data.test_list": f"lists/{folder}/{files['test']}",
+            }
+        )
     return values
 
 
@@ -356,23 +368,78 @@ def test_write_keeps_crlf_line_endings_and_a_comment_column(params_copy: Path):
 
 def test_updater_quotes_and_keeps_comments():
     text = 'data:\n  root: /a  # where\n  lists: "a # b"   # quoted hash\ntrain:\n  lr: null\n'
-    new, changes = update_params_text(text, {"data.root": "/my data/x #1", "data.lists": "a # b",
-                                             "train.lr": 1e-05}, "p.yaml")
+    new, changes = update_params_text(
+        text, {"data.root": "/my data/x #1", "data.lists": "a # b", "train.lr": 1e-05}, "p.yaml"
+    )
     assert new == 'data:\n  root: "/my data/x #1"  # where\n  lists: "a # b"   # quoted hash\ntrain:\n  lr: 1.0e-05\n'
     assert [c[0] for c in changes] == ["data.root", "train.lr"]
     assert yaml.safe_load(new) == {"data": {"root": "/my data/x #1", "lists": "a # b"}, "train": {"lr": 1e-05}}
 
 
-@pytest.mark.parametrize("value", [None, True, False, 0, 24, 0.02, 5e-4, 1e-05, 1e20, "la", "lift+", "ViT-B-16",
-                                   "/data/x", "yes", "1", "1.5", "null", "a: b", "#x", "x #y", " lead", "it's",
-                                   '"q"', "a photo of a {}.", "2020-01-01", "ü/ß", "back\\slash", ""])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        False,
+        0,
+        24,
+        0.02,
+        5e-4,
+        1e-05,
+        1e20,
+        "la",
+        "lift+",
+        "ViT-B-16",
+        "/data/x",
+        "yes",
+        "1",
+        "1.5",
+        "null",
+        "a: b",
+        "#x",
+        "x #y",
+        " lead",
+        "it's",
+        '"q"',
+        "a photo of a {}.",
+        "2020-01-01",
+        "ü/ß",
+        "back\\slash",
+        "",
+    ],
+)
 def test_yaml_scalar_round_trips(value):
     assert _same(yaml.safe_load(f"k: {yaml_scalar(value)}")["k"], value)
 
 
-@pytest.mark.parametrize("value", ["/data/x", "/my data/x", "it's", "back\\", "x\\'y", "a\\b", "1", "true",
-                                   "NULL", "~/x", "./rel", "C:\\x", "ü", "a,b", "[x]", "=", "a photo of a {}.",
-                                   None, True, 0.0005, 1e-05, 128])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "/data/x",
+        "/my data/x",
+        "it's",
+        "back\\",
+        "x\\'y",
+        "a\\b",
+        "1",
+        "true",
+        "NULL",
+        "~/x",
+        "./rel",
+        "C:\\x",
+        "ü",
+        "a,b",
+        "[x]",
+        "=",
+        "a photo of a {}.",
+        None,
+        True,
+        0.0005,
+        1e-05,
+        128,
+    ],
+)
 def test_hydra_value_round_trips(value):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -388,8 +455,8 @@ def _set_args(output: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("name", list(PRESET_OF.values()))
 def test_print_set_args_parse_back_through_dvc(name: str, params_copy: Path):
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from dvc.utils.hydra import apply_overrides
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     root = "/data/my set/it's"
     result = run(name, "--print-set-args", "--root", root, "--params", str(params_copy))
@@ -463,8 +530,11 @@ def test_bad_preset_files_are_one_line(tmp_path: Path, params_copy: Path):
     (presets / "typo.yaml").write_text("# a typo\ntrain:\n  lrr: 0.1\n")
     (presets / "nodesc.yaml").write_text("train:\n  lr: 0.1\n")
     (presets / "twice.yaml").write_text("# twice\ntrain:\n  lr: 0.1\n  lr: 0.2\n")
-    for name, expected in (("typo", "unknown key 'train.lrr'"), ("nodesc", "one-line description"),
-                           ("twice", "duplicate key 'train.lr'")):
+    for name, expected in (
+        ("typo", "unknown key 'train.lrr'"),
+        ("nodesc", "one-line description"),
+        ("twice", "duplicate key 'train.lr'"),
+    ):
         line = one_error_line(run(name, "--params", str(params_copy), "--presets-dir", str(presets)))
         assert expected in line, line
     assert params_copy.read_bytes() == PARAMS.read_bytes()

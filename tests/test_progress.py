@@ -47,8 +47,12 @@ def evaluate_progress(clock: FakeClock, out: io.StringIO, **options) -> Progress
 def drive(shown: Progress, clock: FakeClock, updates: int, per_update: int, seconds: float) -> None:
     for _ in range(updates):
         clock.advance(seconds)
-        shown.update(per_update, line=lambda: f"evaluate: {shown.count:,}/{shown.total:,} images "
-                                              f"{shown.rate():,.0f} img/s ETA {shown.eta()}")
+        shown.update(
+            per_update,
+            line=lambda: (
+                f"evaluate: {shown.count:,}/{shown.total:,} images {shown.rate():,.0f} img/s ETA {shown.eta()}"
+            ),
+        )
 
 
 def test_first_line_after_10_s_then_one_every_30_s():
@@ -56,9 +60,9 @@ def test_first_line_after_10_s_then_one_every_30_s():
     shown = evaluate_progress(clock, out)
     drive(shown, clock, updates=75, per_update=128, seconds=1.0)  # 128 img/s for 75 s: 9,600 images
     assert out.getvalue().splitlines() == [
-        "evaluate: 1,280/10,000 images 128 img/s ETA 0:01:08",   # at 10 s
-        "evaluate: 5,120/10,000 images 128 img/s ETA 0:00:38",   # at 40 s
-        "evaluate: 8,960/10,000 images 128 img/s ETA 0:00:08",   # at 70 s
+        "evaluate: 1,280/10,000 images 128 img/s ETA 0:01:08",  # at 10 s
+        "evaluate: 5,120/10,000 images 128 img/s ETA 0:00:38",  # at 40 s
+        "evaluate: 8,960/10,000 images 128 img/s ETA 0:00:08",  # at 70 s
     ]
 
 
@@ -94,7 +98,8 @@ def test_eta_and_clock_text():
 def test_training_line_gives_the_runs_eta():
     # epoch 2 of 5 (0-based 1), step 120 of 460: (5 - 1) * 460 - 120 = 1,720 steps left at 6.88 steps/s
     assert training_line(1, 5, 120, 460, 1.23454, 312.4, 1720 / 250) == (
-        "epoch 2/5 step 120/460 loss 1.2345 312 img/s ETA 0:04:10")
+        "epoch 2/5 step 120/460 loss 1.2345 312 img/s ETA 0:04:10"
+    )
     assert training_line(0, 1, 3, 3, 0.5, 1234.0, 2.0) == "epoch 1/1 step 3/3 loss 0.5000 1,234 img/s ETA 0:00:00"
 
 
@@ -127,10 +132,15 @@ def tiny_project(tmp_path_factory):
     """Fashion-MNIST-shaped raw data (about 90 long-tailed training images), its shards and head init."""
     root = tmp_path_factory.mktemp("progress")
     raw = learnable_fashion_mnist(root / "raw", 24, 4)
-    params = write_params(root / "params.yaml", data={"root": str(raw), "imbalance_ratio": 10},
-                          train={"epochs": 2, "batch_size": 4, "micro_batch": 2, "workers": 0})
-    for stage, args in (("shard", ["--out", root / "shards"]),
-                        ("init_head", ["--shards", root / "shards", "--out", root / "head.pt"])):
+    params = write_params(
+        root / "params.yaml",
+        data={"root": str(raw), "imbalance_ratio": 10},
+        train={"epochs": 2, "batch_size": 4, "micro_batch": 2, "workers": 0},
+    )
+    for stage, args in (
+        ("shard", ["--out", root / "shards"]),
+        ("init_head", ["--shards", root / "shards", "--out", root / "head.pt"]),
+    ):
         done = invoke(stage, "--params", params, *args)
         assert done.code == 0, done.stderr
     return root, params
@@ -139,9 +149,22 @@ def tiny_project(tmp_path_factory):
 def test_train_stage_prints_step_lines_with_an_eta_to_a_pipe(tiny_project):
     root, params = tiny_project
     out = root / "out"
-    done = run_stage("train", "--params", params, "--shards", root / "shards", "--head", root / "head.pt",
-                     "--out", out / "adapter.pt", "--state", out / "last.pt", "--live", out / "live",
-                     LIFTPLUS_PROGRESS_SECONDS="0.001")
+    done = run_stage(
+        "train",
+        "--params",
+        params,
+        "--shards",
+        root / "shards",
+        "--head",
+        root / "head.pt",
+        "--out",
+        out / "adapter.pt",
+        "--state",
+        out / "last.pt",
+        "--live",
+        out / "live",
+        LIFTPLUS_PROGRESS_SECONDS="0.001",
+    )
     assert done.code == 0, done.stderr[-2000:]
     images = int(re.search(r"^train: (\d+) images", done.stdout, re.MULTILINE).group(1))
     steps_per_epoch = -(-images // 4)  # batch_size 4

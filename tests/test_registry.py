@@ -114,8 +114,16 @@ def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedP
 
 
 def write_gate(repo: Path, **gate) -> None:
-    params = {"register": {"name": NAME, "min_accuracy": 0, "min_mean_class_accuracy": 0,
-                           "min_few_accuracy": None, "stage": "staging", **gate}}
+    params = {
+        "register": {
+            "name": NAME,
+            "min_accuracy": 0,
+            "min_mean_class_accuracy": 0,
+            "min_few_accuracy": None,
+            "stage": "staging",
+            **gate,
+        }
+    }
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -164,11 +172,19 @@ def test_failed_gate_registers_nothing_and_passing_gate_creates_the_tag(model_re
 
     model_md5 = hashlib.md5((repo / "data/model/adapter.pt").read_bytes()).hexdigest()
     message = json.loads(run(["git", "tag", "-l", "--format=%(contents)", f"{NAME}@v0.0.1"], repo).stdout)
-    assert message == {"path": "data/model/adapter.pt", "md5": model_md5, "metrics": {**METRICS, "tte": True, "tte_expand": None}}
+    assert message == {
+        "path": "data/model/adapter.pt",
+        "md5": model_md5,
+        "metrics": {**METRICS, "tte": True, "tte_expand": None},
+    }
     record = json.loads((repo / "data/registry/registration.json").read_text())
     assert record["registered"] is True
     assert (record["version"], record["stages"], record["md5"], record["git_sha"]) == (
-        "v0.0.1", ["staging"], model_md5, head)
+        "v0.0.1",
+        ["staging"],
+        model_md5,
+        head,
+    )
 
 
 @pytest.mark.slow

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from shard_tars import write_shards
 from torch import nn
 
-from shard_tars import write_shards
 from liftplus.data.loader import ShardIndex
 from liftplus.data.transforms import test_transform as eval_transform
 from liftplus.data.transforms import train_transform, tte_transform
 from liftplus.errors import CheckpointError, TrainingError
-from liftplus.model import ModelConfig, build_model
 from liftplus.inference import predict_features, predict_logits
+from liftplus.model import ModelConfig, build_model
 from liftplus.runtime import distributed_from_env
 from liftplus.train import Interrupted, RunConfig, StopRequest, fit, trainable_state
 
@@ -51,8 +51,9 @@ def make_dataset(shards, transform=None) -> ShardIndex:
 
 
 def run_config(**overrides) -> RunConfig:
-    settings = dict(epochs=EPOCHS, lr=0.02, batch_size=16, micro_batch=8, workers=0, seed=0,
-                    device="cpu", fingerprint="test-run")
+    settings = dict(
+        epochs=EPOCHS, lr=0.02, batch_size=16, micro_batch=8, workers=0, seed=0, device="cpu", fingerprint="test-run"
+    )
     settings.update(overrides)
     return RunConfig(**settings)
 
@@ -61,8 +62,15 @@ def train(shards, state_path: Path, loss_fn: nn.Module | None = None, **override
     """Fit a fresh model with :func:`run_config` ``overrides`` (and fit's hooks); return it and the logs."""
     model = make_model()
     hooks = {k: overrides.pop(k) for k in ("on_epoch", "stop") if k in overrides}
-    logs = fit(model, make_dataset(shards), loss_fn or nn.CrossEntropyLoss(), run_config(**overrides),
-               state_path, progress=False, **hooks)
+    logs = fit(
+        model,
+        make_dataset(shards),
+        loss_fn or nn.CrossEntropyLoss(),
+        run_config(**overrides),
+        state_path,
+        progress=False,
+        **hooks,
+    )
     return model, logs
 
 
@@ -297,8 +305,9 @@ def _free_port() -> int:
 def _ddp_rank(rank: int, port: int, shards: list[Path], out: Path, stop_rank1_at_call: int | None) -> None:
     """One rank, in a forked child: the environment torchrun sets, then what the train stage does."""
     try:
-        os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        os.environ.update(
+            WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        )
         torch.set_num_threads(1)
         dist_info = distributed_from_env()
         stop = StopRequest()
@@ -311,8 +320,17 @@ def _ddp_rank(rank: int, port: int, shards: list[Path], out: Path, stop_rank1_at
         model = make_model()
         on_epoch_calls, summary = [], {}
         try:
-            logs = fit(model, make_dataset(shards), CountingLoss(maybe_stop), run_config(), out / "state.pt",
-                       on_epoch=on_epoch_calls.append, dist_info=dist_info, stop=stop, progress=False)
+            logs = fit(
+                model,
+                make_dataset(shards),
+                CountingLoss(maybe_stop),
+                run_config(),
+                out / "state.pt",
+                on_epoch=on_epoch_calls.append,
+                dist_info=dist_info,
+                stop=stop,
+                progress=False,
+            )
             summary["losses"] = [log.loss for log in logs]
         except Interrupted as exc:
             summary["interrupted"] = str(exc)
@@ -345,7 +363,9 @@ def run_two_ranks(shards: list[Path], out: Path, stop_rank1_at_call: int | None 
                 proc.join()
     for rank, proc in enumerate(ranks):
         error = out / f"rank{rank}.error"
-        assert proc.exitcode == 0, f"rank {rank} exit {proc.exitcode}:\n" + (error.read_text() if error.exists() else "")
+        assert proc.exitcode == 0, f"rank {rank} exit {proc.exitcode}:\n" + (
+            error.read_text() if error.exists() else ""
+        )
     return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(2)]
 
 
@@ -403,13 +423,20 @@ def test_code_fingerprint_follows_the_source(tmp_path):
     from liftplus.train import code_fingerprint
 
     copy = tmp_path / "liftplus"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "liftplus", copy,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        Path(__file__).resolve().parents[1] / "liftplus", copy, ignore=shutil.ignore_patterns("__pycache__")
+    )
 
     def digest_of_copy() -> str:
         script = "import liftplus.train as t; print(t.__file__, t.code_fingerprint())"
-        out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(tmp_path)}, check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(tmp_path)},
+            check=True,
+        ).stdout.split()
         assert out[0].startswith(str(copy))
         return out[1]
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from pipeline_project import learnable_fashion_mnist, make_project, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,9 +61,14 @@ def revisited(tmp_path_factory):
     baseline_params = params.read_text()
 
     first, first_s = timed(["dvc", "repro", "train"], project)
-    out = {"project": project, "first": first, "first_s": first_s,
-           "first_adapter": (project / ADAPTER).read_bytes(), "first_metrics": (project / METRICS).read_text(),
-           "baseline_fingerprint": fingerprint(project / STATE)}
+    out = {
+        "project": project,
+        "first": first,
+        "first_s": first_s,
+        "first_adapter": (project / ADAPTER).read_bytes(),
+        "first_metrics": (project / METRICS).read_text(),
+        "baseline_fingerprint": fingerprint(project / STATE),
+    }
 
     experiment = yaml.safe_load(baseline_params)
     experiment["train"]["lr"] = EXPERIMENT_LR
@@ -80,8 +84,10 @@ def revisited(tmp_path_factory):
     out["third_metrics"] = (project / METRICS).read_text()
     out["state_after_restore"] = (project / STATE).read_bytes()
     out["status_after_restore"] = run(["dvc", "status"], project)
-    print(f"\ntrain: baseline trained in {first_s:.1f} s, experiment {out['second_s']:.1f} s, "
-          f"baseline restored from the run cache in {out['third_s']:.1f} s")
+    print(
+        f"\ntrain: baseline trained in {first_s:.1f} s, experiment {out['second_s']:.1f} s, "
+        f"baseline restored from the run cache in {out['third_s']:.1f} s"
+    )
 
     out["forced"] = run(["dvc", "repro", "--force", "--single-item", "train"], project)
     out["forced_fingerprint"] = fingerprint(project / STATE)

@@ -12,17 +12,19 @@ from torchvision.transforms import functional as TF
 from liftplus.data.images import resize_shape
 from liftplus.data.transforms import (
     MinimalistRandomResizedCrop,
-    eval_resize,
     RandomResizedCropFlip,
+    eval_resize,
     five_crop_boxes,
     mda_min_scale,
     normalize_batch,
     sample_mda_box,
     sample_rrc_box,
-    test_transform as make_test_transform,
     to_uint8_tensor,
     train_transform,
     tte_transform,
+)
+from liftplus.data.transforms import (
+    test_transform as make_test_transform,
 )
 from liftplus.errors import ParamsError
 
@@ -239,8 +241,9 @@ def test_test_transform_takes_an_explicit_expand():
 @pytest.mark.parametrize("tte, expand", [(False, None), (False, 8), (True, None), (True, 24), (True, 0)])
 def test_test_and_tte_transforms_resize_to_eval_resize(tte, expand):
     """Both transforms take their short side from the one rule, whatever the expand."""
-    transform = (tte_transform(32, MEAN, STD, expand=expand) if tte
-                 else make_test_transform(32, MEAN, STD, expand=expand))
+    transform = (
+        tte_transform(32, MEAN, STD, expand=expand) if tte else make_test_transform(32, MEAN, STD, expand=expand)
+    )
     [resize] = [step for step in transform.transforms if isinstance(step, T.Resize)]
     assert resize.size == eval_resize(32, tte, expand)
     assert resize.interpolation == InterpolationMode.BICUBIC

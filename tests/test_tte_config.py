@@ -28,19 +28,22 @@ def reference_short_side(resolution: int, tte: bool, expand: Optional[int]) -> i
     return resolution + expand
 
 
-@pytest.mark.parametrize("res, tte, expand, short_side", [
-    (224, True, None, 248),   # the paper: ViT-B/16, TTE
-    (224, False, None, 256),  # without TTE: res + res // 7
-    (224, True, 24, 248),     # an explicit expand is used as given...
-    (224, False, 24, 248),    # ...in both modes
-    (224, True, 0, 224),
-    (32, True, None, 35),     # the demo's tiny ViT: round(24 * 32 / 224) = 3
-    (32, False, None, 36),    # 32 // 7 = 4
-    (384, True, None, 425),   # the same share at 384 px: expand 41 (the reference adds 24: 408)
-    (384, True, 24, 408),     # what a 384-px preset sets to reproduce the reference
-    (384, False, None, 438),
-    (336, True, None, 372),   # ViT-L/14@336px: expand 36
-])
+@pytest.mark.parametrize(
+    "res, tte, expand, short_side",
+    [
+        (224, True, None, 248),  # the paper: ViT-B/16, TTE
+        (224, False, None, 256),  # without TTE: res + res // 7
+        (224, True, 24, 248),  # an explicit expand is used as given...
+        (224, False, 24, 248),  # ...in both modes
+        (224, True, 0, 224),
+        (32, True, None, 35),  # the demo's tiny ViT: round(24 * 32 / 224) = 3
+        (32, False, None, 36),  # 32 // 7 = 4
+        (384, True, None, 425),  # the same share at 384 px: expand 41 (the reference adds 24: 408)
+        (384, True, 24, 408),  # what a 384-px preset sets to reproduce the reference
+        (384, False, None, 438),
+        (336, True, None, 372),  # ViT-L/14@336px: expand 36
+    ],
+)
 def test_eval_resize_gives_the_reference_numbers(res, tte, expand, short_side):
     assert eval_resize(res, tte, expand) == short_side
 
@@ -98,18 +101,28 @@ def test_the_resize_is_computed_in_one_place():
 
 
 def version(**metrics) -> ModelVersion:
-    return ModelVersion(name="liftplus-classifier", version="v0.0.3", tag="liftplus-classifier@v0.0.3",
-                        commit="0" * 40, created_at="2025-01-01T00:00:00", stages=["prod"], metrics=metrics)
+    return ModelVersion(
+        name="liftplus-classifier",
+        version="v0.0.3",
+        tag="liftplus-classifier@v0.0.3",
+        commit="0" * 40,
+        created_at="2025-01-01T00:00:00",
+        stages=["prod"],
+        metrics=metrics,
+    )
 
 
 def test_a_version_recording_tte_is_predicted_as_evaluated():
     params = EvaluateParams(tte=True, tte_expand=8)
     assert evaluated_config(version(acc=1.0, tte=False), params) == EvalConfig(
-        False, 8, "liftplus-classifier@v0.0.3's registration")
+        False, 8, "liftplus-classifier@v0.0.3's registration"
+    )
     assert evaluated_config(version(tte=True, tte_expand=24), params).expand == 24
     assert evaluated_config(version(tte=True, tte_expand=None), params).expand is None
     assert evaluated_config(version(tte=True, tte_expand="wide"), params).expand == 8  # not an expand: params'
-    assert evaluated_config(version(tte=True), None) == EvalConfig(True, None, "liftplus-classifier@v0.0.3's registration")
+    assert evaluated_config(version(tte=True), None) == EvalConfig(
+        True, None, "liftplus-classifier@v0.0.3's registration"
+    )
 
 
 def test_params_then_the_reference_decide_otherwise():
@@ -120,13 +133,16 @@ def test_params_then_the_reference_decide_otherwise():
     assert evaluated_config(version(), None) == REFERENCE_CONFIG
 
 
-@pytest.mark.parametrize("reference, label", [
-    ("v0.0.3", "liftplus-classifier@v0.0.3"),
-    ("liftplus-classifier@v0.0.3", "liftplus-classifier@v0.0.3"),
-    ("prod", "liftplus-classifier#prod → v0.0.3"),
-    ("liftplus-classifier#prod", "liftplus-classifier#prod → v0.0.3"),
-    ("latest", "liftplus-classifier@latest → v0.0.3"),
-    ("liftplus-classifier@latest", "liftplus-classifier@latest → v0.0.3"),
-])
+@pytest.mark.parametrize(
+    "reference, label",
+    [
+        ("v0.0.3", "liftplus-classifier@v0.0.3"),
+        ("liftplus-classifier@v0.0.3", "liftplus-classifier@v0.0.3"),
+        ("prod", "liftplus-classifier#prod → v0.0.3"),
+        ("liftplus-classifier#prod", "liftplus-classifier#prod → v0.0.3"),
+        ("latest", "liftplus-classifier@latest → v0.0.3"),
+        ("liftplus-classifier@latest", "liftplus-classifier@latest → v0.0.3"),
+    ],
+)
 def test_a_version_is_named_as_asked_with_the_version_it_stands_for(reference, label):
     assert version_label(reference, version()) == label

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from shard_tars import class_image, write_shards
+from test_train import CountingLoss, assert_bitwise_equal, make_model, one_thread, preprocess, run_config  # noqa: F401
+
 from liftplus.data.loader import ShardIndex
 from liftplus.data.transforms import test_transform as eval_transform
 from liftplus.data.transforms import train_transform
@@ -24,7 +25,6 @@ from liftplus.errors import DataError, TrainingError
 from liftplus.params import TrainParams, load_params, resolved_train
 from liftplus.train import Interrupted, StopRequest, Validation, best_epoch, fit, trainable_state
 from liftplus.training_run import holdout_indices, prepare_training, resolved_validation
-from test_train import CountingLoss, assert_bitwise_equal, make_model, one_thread, preprocess, run_config  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "faults"))
 from faultkit import invoke, write_params
@@ -79,9 +79,17 @@ def train(shards, state_path: Path, validate: bool = True, **overrides):
             on_epoch(log)
 
     hooks = {k: overrides.pop(k) for k in ("stop", "loss") if k in overrides}
-    logs = fit(model, training_data(train_shards), hooks.pop("loss", torch.nn.CrossEntropyLoss()),
-               run_config(epochs=EPOCHS, **overrides), state_path, on_epoch=record, progress=False,
-               validation=validation(val_shards) if validate else None, **hooks)
+    logs = fit(
+        model,
+        training_data(train_shards),
+        hooks.pop("loss", torch.nn.CrossEntropyLoss()),
+        run_config(epochs=EPOCHS, **overrides),
+        state_path,
+        on_epoch=record,
+        progress=False,
+        validation=validation(val_shards) if validate else None,
+        **hooks,
+    )
     return model, logs, after_epoch
 
 
@@ -197,10 +205,11 @@ def project(tmp_path_factory):
     out = {"root": root}
     for name, with_val in (("with_val", True), ("no_val", False)):
         tree = image_tree(root / f"raw-{name}", with_val)
-        params = write_params(root / f"params-{name}.yaml",
-                              data={"source": "imagefolder", "root": str(tree), "imbalance_ratio": 1},
-                              train={"epochs": EPOCHS, "batch_size": 8, "micro_batch": 4, "workers": 0,
-                                     "validation": "auto"})  # the schema's default; the demo's params say holdout
+        params = write_params(
+            root / f"params-{name}.yaml",
+            data={"source": "imagefolder", "root": str(tree), "imbalance_ratio": 1},
+            train={"epochs": EPOCHS, "batch_size": 8, "micro_batch": 4, "workers": 0, "validation": "auto"},
+        )  # the schema's default; the demo's params say holdout
         done = invoke("shard", "--params", params, "--out", root / name)
         assert done.code == 0, done.stderr
         out[name] = (params, root / name)
@@ -216,8 +225,21 @@ def run_train(project, data: str, name: str, **train) -> Path:
     if train:
         params = write_params(project["root"] / f"params-{name}.yaml", params, train=train)
     out = project["root"] / name
-    done = invoke("train", "--params", params, "--shards", shards, "--head", project["head"],
-                  "--out", out / "adapter.pt", "--state", out / "last.pt", "--live", out / "live")
+    done = invoke(
+        "train",
+        "--params",
+        params,
+        "--shards",
+        shards,
+        "--head",
+        project["head"],
+        "--out",
+        out / "adapter.pt",
+        "--state",
+        out / "last.pt",
+        "--live",
+        out / "live",
+    )
     assert done.code == 0, done.stderr[-2000:]
     (out / "stdout.txt").write_text(done.stdout)
     return out
@@ -293,8 +315,16 @@ def test_holdout_leaves_its_slice_out_of_training(project):
         train = resolved_train(params.train).model_copy(update={"validation": validation, "epochs": 1})
         run = prepare_training(params, train, manifest, shards, project["head"])
         counter = SampleCounter(run.loss)
-        fit(run.model, run.dataset, counter, run.config, project["root"] / f"holdout-{validation}.pt",
-            progress=False, validation=run.validation, samples=run.samples)
+        fit(
+            run.model,
+            run.dataset,
+            counter,
+            run.config,
+            project["root"] / f"holdout-{validation}.pt",
+            progress=False,
+            validation=run.validation,
+            samples=run.samples,
+        )
         return counter.samples, run
 
     all_images, off = images_per_epoch("none")

@@ -81,5 +81,8 @@ def lt_stats(
     empty = stats["empty_classes"]
     if empty:
         shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
-        console.print(f"[yellow]warning:[/yellow] {len(empty)} class(es) with no image "
-                      f"(labels {shown}): imbalance ratio undefined", highlight=False)
+        console.print(
+            f"[yellow]warning:[/yellow] {len(empty)} class(es) with no image "
+            f"(labels {shown}): imbalance ratio undefined",
+            highlight=False,
+        )

@@ -14,8 +14,13 @@ from liftplus.errors import exit_on_error
 from liftplus.registry import METRIC_KEYS, ModelVersion, registered_versions
 
 METRIC_HEADERS = {"acc": "acc", "acc_mean_class": "mean", "acc_many": "many", "acc_medium": "medium", "acc_few": "few"}
-EARLIER_NAMES = {"acc": "accuracy", "acc_mean_class": "mean_class_accuracy", "acc_many": "many",
-                 "acc_medium": "medium", "acc_few": "few"}
+EARLIER_NAMES = {
+    "acc": "accuracy",
+    "acc_mean_class": "mean_class_accuracy",
+    "acc_many": "many",
+    "acc_medium": "medium",
+    "acc_few": "few",
+}
 """What versions registered before the metrics were renamed call them."""
 
 
@@ -33,8 +38,9 @@ def versions_table(versions: list[ModelVersion]) -> Table:
     """One row per version; the model's name is the title, or a column when there are several."""
     names = sorted({v.name for v in versions})
     several = len(names) > 1
-    table = Table(title="registered models" if several else names[0],
-                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table = Table(
+        title="registered models" if several else names[0], box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True
+    )
     columns = (["model"] if several else []) + ["version", "stages", "registered", "commit"]
     for column in columns:
         table.add_column(column, no_wrap=True)
@@ -42,7 +48,11 @@ def versions_table(versions: list[ModelVersion]) -> Table:
         table.add_column(METRIC_HEADERS[key], justify="right", no_wrap=True)
     for v in versions:
         cells = ([v.name] if several else []) + [
-            v.version, ", ".join(v.stages) or "—", v.created_at[:16].replace("T", " "), v.commit[:7]]
+            v.version,
+            ", ".join(v.stages) or "—",
+            v.created_at[:16].replace("T", " "),
+            v.commit[:7],
+        ]
         table.add_row(*cells, *(_metric(_recorded(v.metrics, key)) for key in METRIC_KEYS))
     table.caption = "test accuracy, %: overall, mean per class, many/medium/few-shot classes; UTC"
     return table

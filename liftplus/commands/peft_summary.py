@@ -23,8 +23,9 @@ def adaptformer_formula(layers: int, width: int, bottleneck: int, num_classes: i
     return layers * (2 * d * r + r + 3 * d + 1) + num_classes * d
 
 
-def per_block_formula(method: str, d: int, mlp: int, r: Optional[int], aft_ratio: Optional[float] = None,
-                      aft_loc: str = "all") -> int:
+def per_block_formula(
+    method: str, d: int, mlp: int, r: Optional[int], aft_ratio: Optional[float] = None, aft_loc: str = "all"
+) -> int:
     """Parameters ``method`` trains in one block of width ``d`` and MLP width ``mlp``, from the shapes of the
     reference's modules (models/modules.py, models/models.py): AdaptFormer ``2dr + r + 3d + 1`` (LN, down,
     up, scale), Adapter ``2dr + r + 2d``, LoRA on q and v ``4dr``, SSF ``2(3d + d + mlp + d)``, a prompt ``rd``,
@@ -51,9 +52,17 @@ def per_block_formula(method: str, d: int, mlp: int, r: Optional[int], aft_ratio
     return 0
 
 
-def reference_formula(methods: Sequence[str], tuned: dict[str, list[int]], d: int, mlp: int,
-                      sizes: dict[str, int], num_classes: int, classifier: str = "cosine",
-                      aft_ratio: Optional[float] = None, aft_loc: str = "all") -> int:
+def reference_formula(
+    methods: Sequence[str],
+    tuned: dict[str, list[int]],
+    d: int,
+    mlp: int,
+    sizes: dict[str, int],
+    num_classes: int,
+    classifier: str = "cosine",
+    aft_ratio: Optional[float] = None,
+    aft_loc: str = "all",
+) -> int:
     """Trainable parameters of ``methods`` on the ``tuned`` blocks of each plus the head (``K * d``, and
     ``K`` biases for the linear head). BitFit adds nothing to full fine-tuning: its biases are among those."""
     total = num_classes * d + (num_classes if classifier == "linear" else 0)
@@ -80,12 +89,14 @@ def _layers_option(text: Optional[str]):
 def peft_summary(
     model: Annotated[str, typer.Option(help="open_clip model name")] = "ViT-B-16",
     num_classes: Annotated[int, typer.Option("--num-classes", "-k", help="number of classes K")] = 1000,
-    peft: Annotated[str, typer.Option(
-        help=f"one of {', '.join(PEFT_METHODS)}, or several joined by ',' or '+' (bitfit+adaptformer)"
-    )] = "adaptformer",
+    peft: Annotated[
+        str,
+        typer.Option(help=f"one of {', '.join(PEFT_METHODS)}, or several joined by ',' or '+' (bitfit+adaptformer)"),
+    ] = "adaptformer",
     bottleneck: Annotated[Optional[int], typer.Option(help="default: the LIFT+ rule from K and L")] = None,
-    layers: Annotated[Optional[str], typer.Option(
-        help="blocks tuned: k (the last k) or indices 0,5,11; default every block")] = None,
+    layers: Annotated[
+        Optional[str], typer.Option(help="blocks tuned: k (the last k) or indices 0,5,11; default every block")
+    ] = None,
     classifier: Annotated[str, typer.Option(help=f"one of {', '.join(CLASSIFIERS)}")] = "cosine",
     aft_ratio: Annotated[Optional[float], typer.Option(help="AFT: share of weights trained; default ~K*d")] = None,
     aft_loc: Annotated[str, typer.Option(help="AFT: attn, mlp or all")] = "all",
@@ -119,9 +130,15 @@ def peft_summary(
     from liftplus.model.summary import parameter_summary
 
     config = ModelConfig(
-        name=model, peft=methods, bottleneck=bottleneck, num_classes=num_classes, classifier=classifier,
+        name=model,
+        peft=methods,
+        bottleneck=bottleneck,
+        num_classes=num_classes,
+        classifier=classifier,
         peft_layers=tuple(layer_spec) if isinstance(layer_spec, list) else layer_spec,
-        aft_ratio=aft_ratio, aft_loc=aft_loc, aft_seed=aft_seed,
+        aft_ratio=aft_ratio,
+        aft_loc=aft_loc,
+        aft_seed=aft_seed,
     )
     built = build_model(config)
     summary = parameter_summary(built)

@@ -13,8 +13,9 @@ stderr and skipped (``--strict``: it stops the run); one named on the command li
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich import box
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "data/model/adapter.pt"
 
 
-def predictions_table(results: Sequence["ImagePredictions"], title: str) -> Table:
+def predictions_table(results: Sequence[ImagePredictions], title: str) -> Table:
     """One section per image: its path on the first row, then its classes by rank (text, never markup)."""
     table = Table(title=escape(title), box=box.SIMPLE_HEAD, pad_edge=False, min_width=len(title))  # title on one line
     table.add_column("image", overflow="fold")
@@ -42,8 +43,14 @@ def predictions_table(results: Sequence["ImagePredictions"], title: str) -> Tabl
     for result in results:
         for rank, p in enumerate(result.predictions, start=1):
             path = escape(str(result.path)) if rank == 1 else ""
-            table.add_row(path, str(rank), escape(p.classname), str(p.label), f"{p.probability:.4f}",
-                          end_section=rank == len(result.predictions))
+            table.add_row(
+                path,
+                str(rank),
+                escape(p.classname),
+                str(p.label),
+                f"{p.probability:.4f}",
+                end_section=rank == len(result.predictions),
+            )
     return table
 
 
@@ -52,18 +59,22 @@ def predict(
         ..., metavar="IMAGE", help="image files, or folders to classify every image in (recursively)"
     ),
     model: str = typer.Option(
-        DEFAULT_MODEL, "--model", "-m",
+        DEFAULT_MODEL,
+        "--model",
+        "-m",
         help="checkpoint file, or a registered version or stage (v0.0.1, liftplus-classifier@v0.0.1, prod)",
     ),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="classes to show per image (at most the model's)"),
     tte: Optional[bool] = typer.Option(
-        None, "--tte/--no-tte",
+        None,
+        "--tte/--no-tte",
         help="test-time ensembling (average the logits of five crops) or a centre crop; default: as the model "
         "was evaluated (its registration, else the params file's evaluate.tte; TTE for other checkpoints)",
         show_default=False,
     ),
     params: Optional[Path] = typer.Option(
-        None, "--params",
+        None,
+        "--params",
         help=f"params file whose evaluate section (tte, tte_expand) sets how the project's model and registered "
         f"versions are predicted (default: {DEFAULT_PARAMS_FILE}, if there is one)",
         show_default=False,
@@ -77,7 +88,9 @@ def predict(
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="images per forward pass"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cuda or cpu"),
     max_pixels: int = typer.Option(
-        DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
+        DEFAULT_MAX_PIXELS,
+        "--max-pixels",
+        min=1,
         help="refuse images with more pixels than this, before decoding them (decompression bombs)",
     ),
 ) -> None:
@@ -99,8 +112,9 @@ def predict(
     paths = collect_images(images)
     source = model_source(model)
     config = evaluated_config(source.version, project_evaluate_params(params, model, source.version is not None))
-    predictor = load_predictor(source.checkpoint, tte=config.tte if tte is None else tte, device=device,
-                               expand=config.expand)
+    predictor = load_predictor(
+        source.checkpoint, tte=config.tte if tte is None else tte, device=device, expand=config.expand
+    )
     title = f"{source.label} ({predictor.mode})"
 
     named = {Path(p) for p in images if not Path(p).is_dir()}
@@ -113,8 +127,15 @@ def predict(
         skipped.append(path)
 
     progress = any(Path(p).is_dir() for p in images)
-    results = predict_images(predictor, paths, k=top_k, batch_size=batch_size, progress=progress,
-                             max_pixels=max_pixels, on_unreadable=on_unreadable)
+    results = predict_images(
+        predictor,
+        paths,
+        k=top_k,
+        batch_size=batch_size,
+        progress=progress,
+        max_pixels=max_pixels,
+        on_unreadable=on_unreadable,
+    )
     if not results:
         raise DataError(f"none of the {len(paths)} image(s) could be read ({len(skipped)} skipped); nothing written")
     skipped_note = f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""

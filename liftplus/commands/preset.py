@@ -31,9 +31,13 @@ def preset(
         DEFAULT_PARAMS_FILE
     ),
     root: Annotated[Optional[str], typer.Option("--root", help="data.root: the dataset's folder (required)")] = None,
-    print_set_args: Annotated[bool, typer.Option(
-        "--print-set-args", help="print `-S key=value ...` for `dvc exp run` instead of writing params.yaml",
-    )] = False,
+    print_set_args: Annotated[
+        bool,
+        typer.Option(
+            "--print-set-args",
+            help="print `-S key=value ...` for `dvc exp run` instead of writing params.yaml",
+        ),
+    ] = False,
     presets_dir: Annotated[Path, typer.Option("--presets-dir", help="folder of the preset files")] = PRESETS_DIR,
 ) -> None:
     """Set params.yaml to a preset that reproduces one of the paper's runs (no NAME: list the presets)."""

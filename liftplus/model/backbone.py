@@ -16,9 +16,10 @@ import logging
 import os
 import pickle
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import open_clip
 import torch
@@ -202,7 +203,6 @@ def image_features(visual: VisionTransformer, images: torch.Tensor) -> torch.Ten
     num_tokens = x.shape[1]
     x = visual.transformer(x)
     if x.shape[1] > num_tokens:
-        x = torch.cat([x[:, :1], x[:, x.shape[1] - (num_tokens - 1):]], dim=1)
+        x = torch.cat([x[:, :1], x[:, x.shape[1] - (num_tokens - 1) :]], dim=1)
     pooled, _ = visual._pool(x)  # private in open_clip 3.3: pinned in pyproject.toml, checked by a test
     return pooled
-

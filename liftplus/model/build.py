@@ -55,7 +55,7 @@ class ModelConfig(BaseModel):
         return peft_methods(self.peft)
 
     @classmethod
-    def for_method(cls, model_params: Any, method: str, num_classes: int, seed: int = 0) -> "ModelConfig":
+    def for_method(cls, model_params: Any, method: str, num_classes: int, seed: int = 0) -> ModelConfig:
         """The config of ``train.method`` given the ``model`` section of params.yaml."""
         if method not in {"lift+", "lift", *METHOD_PEFT}:
             raise ValueError(f"unknown train.method '{method}'")
@@ -124,7 +124,7 @@ class LiftModel(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def trainable_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
+    def trainable_state_dict(self) -> OrderedDict[str, torch.Tensor]:
         """Trained tensors only: every parameter with ``requires_grad``, and the head's whole state."""
         state = OrderedDict((name, p.detach()) for name, p in self.named_parameters() if p.requires_grad)
         for name, tensor in self.head.state_dict(keep_vars=True).items():

@@ -13,8 +13,9 @@ own tensors, so that a small file cannot make a reader build a huge model.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import open_clip
 import torch
@@ -93,9 +94,7 @@ def load_trainable_state(model: LiftModel, state: Mapping[str, torch.Tensor], so
         value = state[key]
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(target.shape):
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise CheckpointError(
-                f"{source}: key '{key}' has shape {shape}, the model expects {tuple(target.shape)}"
-            )
+            raise CheckpointError(f"{source}: key '{key}' has shape {shape}, the model expects {tuple(target.shape)}")
     with torch.no_grad():
         for key, target in expected.items():
             target.copy_(state[key])
@@ -130,12 +129,17 @@ def _vision_tower(config: ModelConfig, path: Path) -> dict[str, int]:
     width, layers = vision.get("width", 768), vision.get("layers", 12)
     if vision.get("timm_model_name") or not isinstance(width, int) or not isinstance(layers, int):
         raise CheckpointError(f"{path}: config 'name': {config.name} has no ViT image tower")
-    return {"width": width, "layers": layers, "mlp": int(width * vision.get("mlp_ratio", 4.0)),
-            "embed": model_cfg.get("embed_dim", width)}
+    return {
+        "width": width,
+        "layers": layers,
+        "mlp": int(width * vision.get("mlp_ratio", 4.0)),
+        "embed": model_cfg.get("embed_dim", width),
+    }
 
 
-def _block_shapes(d: int, mlp: int, sizes: Mapping[str, int], aft_ratio: Optional[float] = None
-                  ) -> dict[str, tuple[int, ...]]:
+def _block_shapes(
+    d: int, mlp: int, sizes: Mapping[str, int], aft_ratio: Optional[float] = None
+) -> dict[str, tuple[int, ...]]:
     """Shape of each tensor a PEFT method trains in one block (``d`` width, ``sizes`` the bottleneck or
     prompt length of each sized method, ``aft_ratio`` the AFT share), by its key after ``resblocks.N.``;
     the reference for :func:`check_config_fits_state`."""
@@ -145,27 +149,43 @@ def _block_shapes(d: int, mlp: int, sizes: Mapping[str, int], aft_ratio: Optiona
         shapes["prompt"] = (prompt, d)
     for tuner in ("adaptformer", "adapter"):
         r = sizes.get(tuner, 0)
-        shapes |= {f"tuner.{tuner}.norm.weight": (d,), f"tuner.{tuner}.norm.bias": (d,),
-                   f"tuner.{tuner}.down.weight": (r, d), f"tuner.{tuner}.down.bias": (r,),
-                   f"tuner.{tuner}.up.weight": (d, r), f"tuner.{tuner}.up.bias": (d,)}
+        shapes |= {
+            f"tuner.{tuner}.norm.weight": (d,),
+            f"tuner.{tuner}.norm.bias": (d,),
+            f"tuner.{tuner}.down.weight": (r, d),
+            f"tuner.{tuner}.down.bias": (r,),
+            f"tuner.{tuner}.up.weight": (d, r),
+            f"tuner.{tuner}.up.bias": (d,),
+        }
     for tuner in ("lora_q", "lora_v"):
         r = sizes.get("lora", 0)
         shapes |= {f"tuner.{tuner}.down": (d, r), f"tuner.{tuner}.up": (r, d)}
     for tuner, size in (("ssf_attn_in", 3 * d), ("ssf_attn_out", d), ("ssf_mlp_in", mlp), ("ssf_mlp_out", d)):
         shapes |= {f"tuner.{tuner}.scale": (size,), f"tuner.{tuner}.shift": (size,)}
     if aft_ratio is not None:
-        for tuner, out, inp in (("aft_attn_in", 3 * d, d), ("aft_attn_out", d, d),
-                                ("aft_mlp_in", mlp, d), ("aft_mlp_out", d, mlp)):
-            shapes |= {f"tuner.{tuner}.weight": (aft_count(out * inp, aft_ratio),),
-                       f"tuner.{tuner}.bias": (aft_count(out, aft_ratio),)}
+        for tuner, out, inp in (
+            ("aft_attn_in", 3 * d, d),
+            ("aft_attn_out", d, d),
+            ("aft_mlp_in", mlp, d),
+            ("aft_mlp_out", d, mlp),
+        ):
+            shapes |= {
+                f"tuner.{tuner}.weight": (aft_count(out * inp, aft_ratio),),
+                f"tuner.{tuner}.bias": (aft_count(out, aft_ratio),),
+            }
     for norm in ("ln_1", "ln_2"):
         shapes |= {f"block.{norm}.weight": (d,), f"block.{norm}.bias": (d,)}
     return shapes | {
-        "block.attn.in_proj_weight": (3 * d, d), "block.attn.in_proj_bias": (3 * d,),
-        "block.attn.out_proj.weight": (d, d), "block.attn.out_proj.bias": (d,),
-        "block.mlp.c_fc.weight": (mlp, d), "block.mlp.c_fc.bias": (mlp,),
-        "block.mlp.c_proj.weight": (d, mlp), "block.mlp.c_proj.bias": (d,),
-        "block.ls_1.gamma": (d,), "block.ls_2.gamma": (d,),
+        "block.attn.in_proj_weight": (3 * d, d),
+        "block.attn.in_proj_bias": (3 * d,),
+        "block.attn.out_proj.weight": (d, d),
+        "block.attn.out_proj.bias": (d,),
+        "block.mlp.c_fc.weight": (mlp, d),
+        "block.mlp.c_fc.bias": (mlp,),
+        "block.mlp.c_proj.weight": (d, mlp),
+        "block.mlp.c_proj.bias": (d,),
+        "block.ls_1.gamma": (d,),
+        "block.ls_2.gamma": (d,),
     }
 
 

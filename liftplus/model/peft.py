@@ -213,8 +213,10 @@ class MaskedLinear(nn.Module):
         self.bias = nn.Parameter(bias.detach().masked_select(self.bias_mask).clone())
 
     def merged(self, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (weight.masked_scatter(self.weight_mask, self.weight.to(weight.dtype)),
-                bias.masked_scatter(self.bias_mask, self.bias.to(bias.dtype)))
+        return (
+            weight.masked_scatter(self.weight_mask, self.weight.to(weight.dtype)),
+            bias.masked_scatter(self.bias_mask, self.bias.to(bias.dtype)),
+        )
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return F.linear(x, *self.merged(weight, bias))
@@ -309,7 +311,7 @@ class PeftBlock(nn.Module):
         x = q_x if batch_first else q_x.transpose(0, 1)
         if self.prompt is not None:
             prompt = self.prompt.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
-            x = torch.cat([x[:, :1], prompt, x[:, 1 + self.prompts_in:]], dim=1)
+            x = torch.cat([x[:, :1], prompt, x[:, 1 + self.prompts_in :]], dim=1)
         x = x + self.block.ls_1(self._attention(self.block.ln_1(x), attn_mask))
         mlp_out = self._mlp(self.block.ln_2(x))
         if "adaptformer" in self.tuner:
@@ -405,8 +407,7 @@ def insert_peft(
         size = sizes.get(method)
         ratio = aft_ratio_used(aft_ratio, num_classes, len(tuned), blocks[0].width, aft_loc)
         for position, index in enumerate(tuned):
-            _add_tuner(blocks[index], method, size, prompted_before=position > 0,
-                       aft=(ratio, aft_loc, aft_seed))
+            _add_tuner(blocks[index], method, size, prompted_before=position > 0, aft=(ratio, aft_loc, aft_seed))
     return next(iter(sizes.values()), None)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import open_clip
 import torch
@@ -43,7 +44,7 @@ def encode_text_init(
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(prompts), batch_size):
-            tokens = tokenizer(prompts[start:start + batch_size]).to(device)
+            tokens = tokenizer(prompts[start : start + batch_size]).to(device)
             chunks.append(backbone.encode_text(tokens).float())
         text_features = F.normalize(torch.cat(chunks), dim=-1)
         weights = F.normalize(text_features @ backbone.visual.proj.float().T, dim=-1)

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from faultkit import invoke, save_untrained_checkpoint, write_params
 from pipeline_project import learnable_fashion_mnist
 

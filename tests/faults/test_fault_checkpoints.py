@@ -10,14 +10,19 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from PIL import Image
-from typer.testing import CliRunner
-
 from faultkit import (
-    Outcome, assert_nothing_left, assert_one_line_error, invoke, run_stage, save_untrained_checkpoint, stage_env,
+    Outcome,
+    assert_nothing_left,
+    assert_one_line_error,
+    invoke,
+    limit_memory,
+    run_stage,
+    save_untrained_checkpoint,
+    stage_env,
     write_params,
 )
-from faultkit import limit_memory
+from PIL import Image
+from typer.testing import CliRunner
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -29,8 +34,21 @@ def evaluate(params: Path, shards: Path, model: Path, tmp_path: Path):
 
 def train(params: Path, shards: Path, head: Path, tmp_path: Path):
     out = tmp_path / "out"
-    return invoke("train", "--params", params, "--shards", shards, "--head", head,
-                  "--out", out / "model" / "adapter.pt", "--state", out / "state" / "last.pt", "--live", out / "live")
+    return invoke(
+        "train",
+        "--params",
+        params,
+        "--shards",
+        shards,
+        "--head",
+        head,
+        "--out",
+        out / "model" / "adapter.pt",
+        "--state",
+        out / "state" / "last.pt",
+        "--live",
+        out / "live",
+    )
 
 
 def backbone_file(path: Path, seed: int) -> Path:
@@ -62,8 +80,9 @@ def test_evaluate_checkpoint_for_another_class_count(tmp_path, params_file, shar
 def test_evaluate_checkpoint_for_other_class_names(tmp_path, params_file, shards):
     model = save_untrained_checkpoint(tmp_path / "adapter.pt", params_file, CIFAR10)
     done = evaluate(params_file, shards, model, tmp_path)
-    assert_one_line_error(done, f"{model}: trained for other class names",
-                          "label 0 is 'airplane', the shards say 'T-shirt/top'")
+    assert_one_line_error(
+        done, f"{model}: trained for other class names", "label 0 is 'airplane', the shards say 'T-shirt/top'"
+    )
     assert_nothing_left(tmp_path / "out")
 
 
@@ -74,8 +93,9 @@ def test_evaluate_checkpoint_from_another_backbone(tmp_path, params_file, shards
     model = save_untrained_checkpoint(tmp_path / "adapter.pt", params, classnames)
     backbone_file(weights, seed=2)
     done = evaluate(params, shards, model, tmp_path)
-    assert_one_line_error(done, f"{model}: trained on a different backbone than liftplus-tiny-vit",
-                          f"pretrained={weights}")
+    assert_one_line_error(
+        done, f"{model}: trained on a different backbone than liftplus-tiny-vit", f"pretrained={weights}"
+    )
     assert_nothing_left(tmp_path / "out")
 
 
@@ -84,8 +104,14 @@ def test_train_refuses_head_init_for_other_class_names(tmp_path, params_file, sh
 
     theirs = torch.load(head, weights_only=True)
     other = tmp_path / "text_init.pt"
-    save_text_init(other, weight=theirs["weight"], text_features=theirs["text_features"], classnames=CIFAR10,
-                   template=theirs["template"], fingerprint=theirs["backbone_fingerprint"])
+    save_text_init(
+        other,
+        weight=theirs["weight"],
+        text_features=theirs["text_features"],
+        classnames=CIFAR10,
+        template=theirs["template"],
+        fingerprint=theirs["backbone_fingerprint"],
+    )
     done = train(params_file, shards, other, tmp_path)
     assert_one_line_error(done, f"{other}: made for other class names", "rerun init_head")
     assert_nothing_left(tmp_path / "out")
@@ -107,8 +133,9 @@ def test_evaluate_refuses_pickled_object_checkpoint(tmp_path, params_file, shard
     marker = tmp_path / "payload-ran"
     evil = tmp_path / "evil.pt"
     torch.save({"format": "liftplus-adapter/1", "state": {}, "config": Payload(marker)}, evil)
-    done = run_stage("evaluate", "--params", params_file, "--shards", shards, "--model", evil,
-                     "--out", tmp_path / "out" / "metrics")
+    done = run_stage(
+        "evaluate", "--params", params_file, "--shards", shards, "--model", evil, "--out", tmp_path / "out" / "metrics"
+    )
     assert_one_line_error(done, f"{evil}: refused, holds objects other than tensors")
     assert not marker.exists()
     assert_nothing_left(tmp_path / "out")
@@ -128,6 +155,7 @@ def test_train_refuses_pickled_object_head_init(tmp_path, params_file, shards):
 # ViT-bigG-14 alone is 2.5 billion parameters, 10 GB in float32: under limit_memory() (4 GiB) a
 # reader that builds it fails; one that checks the config against the tensors first does not.
 
+
 def with_config(checkpoint: Path, dest: Path, **config) -> Path:
     """``checkpoint`` with its config edited, and the backbone fingerprint that config gives (anyone can
     compute it offline for a pretrained tag): its tensors stay the tiny model's."""
@@ -144,8 +172,12 @@ def with_config(checkpoint: Path, dest: Path, **config) -> Path:
 
 def hub_caches(tmp_path: Path) -> dict[str, str]:
     """Where open_clip / huggingface_hub would put a download: empty folders of this test's own."""
-    return {"HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
-            "TORCH_HOME": str(tmp_path / "torch"), "HF_HUB_OFFLINE": "1"}
+    return {
+        "HF_HOME": str(tmp_path / "hf"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "TORCH_HOME": str(tmp_path / "torch"),
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 def assert_nothing_downloaded(tmp_path: Path) -> None:
@@ -160,10 +192,23 @@ def test_evaluate_refuses_a_small_checkpoint_naming_a_huge_model(tmp_path, param
     model = with_config(checkpoint, tmp_path / "adapter.pt", **BIG_G)
     assert model.stat().st_size < 64 * 1024
     out = tmp_path / "out" / "metrics"
-    done = run_stage("evaluate", "--params", params_file, "--shards", shards, "--model", model, "--out", out,
-                     timeout=60, preexec_fn=limit_memory(), **hub_caches(tmp_path))
-    assert_one_line_error(done, f"{model}: key 'head.weight' has shape (10, 64), expected (10, 1664)",
-                          "ViT-bigG-14 with 10 classes")
+    done = run_stage(
+        "evaluate",
+        "--params",
+        params_file,
+        "--shards",
+        shards,
+        "--model",
+        model,
+        "--out",
+        out,
+        timeout=60,
+        preexec_fn=limit_memory(),
+        **hub_caches(tmp_path),
+    )
+    assert_one_line_error(
+        done, f"{model}: key 'head.weight' has shape (10, 64), expected (10, 1664)", "ViT-bigG-14 with 10 classes"
+    )
     assert_nothing_left(tmp_path / "out")
     assert_nothing_downloaded(tmp_path)
 
@@ -174,21 +219,35 @@ def test_predict_refuses_a_small_checkpoint_naming_a_huge_model(tmp_path, checkp
     Image.new("RGB", (40, 30), (10, 200, 90)).save(image)
     done = subprocess.run(
         [str(Path(sys.executable).parent / "liftplus"), "predict", str(image), "--model", str(model)],
-        env=stage_env(**hub_caches(tmp_path)), capture_output=True, text=True, timeout=60,
-        preexec_fn=limit_memory(), check=False,
+        env=stage_env(**hub_caches(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=limit_memory(),
+        check=False,
     )
-    assert_one_line_error(Outcome(done.returncode, done.stdout, done.stderr),
-                          f"{model}: key 'head.weight' has shape (10, 64), expected (10, 1664)")
+    assert_one_line_error(
+        Outcome(done.returncode, done.stdout, done.stderr),
+        f"{model}: key 'head.weight' has shape (10, 64), expected (10, 1664)",
+    )
     assert_nothing_downloaded(tmp_path)
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"bottleneck": 100000}, ("key 'backbone.visual.transformer.resblocks.0.tuner.adaptformer.down.weight' "
-                              "has shape (1, 64), expected (100000, 64)")),
-    ({"num_classes": 10**7}, "key 'head.weight' has shape (10, 64), expected (10000000, 64)"),
-    ({"num_classes": 11}, "key 'head.weight' has shape (10, 64), expected (11, 64)"),
-    ({"name": "no-such-model"}, "config 'name': unknown model 'no-such-model'"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            {"bottleneck": 100000},
+            (
+                "key 'backbone.visual.transformer.resblocks.0.tuner.adaptformer.down.weight' "
+                "has shape (1, 64), expected (100000, 64)"
+            ),
+        ),
+        ({"num_classes": 10**7}, "key 'head.weight' has shape (10, 64), expected (10000000, 64)"),
+        ({"num_classes": 11}, "key 'head.weight' has shape (10, 64), expected (11, 64)"),
+        ({"name": "no-such-model"}, "config 'name': unknown model 'no-such-model'"),
+    ],
+)
 def test_predict_checks_the_config_against_the_tensors_before_building(config, message, tmp_path, checkpoint):
     """Each of these used to build (or try to) the model the config names: gigabytes, or a traceback."""
     from liftplus.cli import app
@@ -206,10 +265,14 @@ def test_evaluate_refuses_blocks_beyond_the_model_depth(tmp_path, params_file, s
     """A config naming a shallower model than the tensors: one line, not a missing-key hunt after a build."""
     ckpt = torch.load(checkpoint, weights_only=True)
     prefix = "backbone.visual.transformer.resblocks."
-    extra = {k.replace(f"{prefix}3.", f"{prefix}7."): v for k, v in ckpt["state"].items() if k.startswith(f"{prefix}3.")}
+    extra = {
+        k.replace(f"{prefix}3.", f"{prefix}7."): v for k, v in ckpt["state"].items() if k.startswith(f"{prefix}3.")
+    }
     ckpt["state"].update(extra)
     model = tmp_path / "adapter.pt"
     torch.save(ckpt, model)
     done = evaluate(params_file, shards, model, tmp_path)
-    assert_one_line_error(done, f"{model}: key '{prefix}7.tuner.adaptformer", "is for block 7, liftplus-tiny-vit has 4 blocks")
+    assert_one_line_error(
+        done, f"{model}: key '{prefix}7.tuner.adaptformer", "is for block 7, liftplus-tiny-vit has 4 blocks"
+    )
     assert_nothing_left(tmp_path / "out")

@@ -15,11 +15,11 @@ import sys
 
 import pytest
 import torch
-
 from faultkit import assert_one_line_error, invoke, temp_leftovers, write_params
+from stageproc import PausedStage, train_args
+
 from liftplus.errors import OutputError
 from liftplus.locks import lock_path, output_lock
-from stageproc import PausedStage, train_args
 
 
 def test_second_train_stage_on_the_same_outputs_is_refused(tmp_path, params_file, shards, head):
@@ -27,13 +27,15 @@ def test_second_train_stage_on_the_same_outputs_is_refused(tmp_path, params_file
     second_params = write_params(tmp_path / "second.yaml", params_file, train={"epochs": 1, "lr": 0.01})
     out = tmp_path / "out"
     adapter = out / "model" / "adapter.pt"
-    first = PausedStage("train", "liftplus.train:fit", *train_args(first_params, shards, head, out),
-                        workdir=tmp_path, name="first")
+    first = PausedStage(
+        "train", "liftplus.train:fit", *train_args(first_params, shards, head, out), workdir=tmp_path, name="first"
+    )
     second, first_code = first.meanwhile(lambda: invoke("train", *train_args(second_params, shards, head, out)))
 
     assert second.code == 1
-    assert_one_line_error(second, f"error: {adapter}: another train stage is running (pid {first.proc.pid}); "
-                                  "wait for it to finish")
+    assert_one_line_error(
+        second, f"error: {adapter}: another train stage is running (pid {first.proc.pid}); wait for it to finish"
+    )
     assert first_code == 0, first.stderr[-3000:]
     checkpoint = torch.load(adapter, map_location="cpu", weights_only=True)
     assert checkpoint["extra"]["epochs"] == 2, "the weights must come from the first run's params"
@@ -47,15 +49,18 @@ def test_second_shard_or_evaluate_stage_on_the_same_output_is_refused(tmp_path, 
     out = tmp_path / "out" / stage
     args = {
         "shard": ("liftplus.data.shard_writer:_Shard.close", ["--params", params_file, "--out", out]),
-        "evaluate": ("liftplus.inference:predict_logits",
-                     ["--params", params_file, "--shards", shards, "--model", checkpoint, "--out", out]),
+        "evaluate": (
+            "liftplus.inference:predict_logits",
+            ["--params", params_file, "--shards", shards, "--model", checkpoint, "--out", out],
+        ),
     }
     target, stage_args = args[stage]
     first = PausedStage(stage, target, *stage_args, workdir=tmp_path, name="first")
     second, first_code = first.meanwhile(lambda: invoke(stage, *stage_args))
 
-    assert_one_line_error(second, f"error: {out}: another {stage} stage is running (pid {first.proc.pid}); "
-                                  "wait for it to finish")
+    assert_one_line_error(
+        second, f"error: {out}: another {stage} stage is running (pid {first.proc.pid}); wait for it to finish"
+    )
     assert first_code == 0, first.stderr[-3000:]
     assert not lock_path(out).exists() and temp_leftovers(out.parent) == []
 

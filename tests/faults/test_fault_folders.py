@@ -15,12 +15,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from fake_raw_data import png
+from faultkit import assert_nothing_left, assert_one_line_error, invoke, run_stage, write_params
 from PIL import Image
 
-from faultkit import assert_nothing_left, assert_one_line_error, invoke, run_stage, write_params
 from liftplus.data.shard_reader import iter_shard
 from liftplus.data.sources.longtail_subsample import longtail_counts
-from fake_raw_data import png
 
 MEMORY_LIMIT = 2 << 30
 """Heap of a stage process that must never read a device: reading /dev/zero there ends in MemoryError."""
@@ -49,7 +49,12 @@ def shard_in_own_process(tmp_path: Path, root: Path, **data):
     """The stage as its own process, bounded in time and memory: a hang or a runaway read fails the test."""
     out = tmp_path / "out" / "shards"
     done = run_stage(
-        "shard", "--params", params(tmp_path, root, **data), "--out", out, timeout=120,
+        "shard",
+        "--params",
+        params(tmp_path, root, **data),
+        "--out",
+        out,
+        timeout=120,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_LIMIT, MEMORY_LIMIT)),
     )
     return done, out
@@ -85,7 +90,8 @@ def test_links_back_to_the_root_and_into_another_class_are_listed_not_walked(tmp
     found = all_records(out)
     assert Counter(label for label, _, _ in found) == {0: 4, 1: 3}
     assert sorted(source for _, source, _ in found) == [f"cat/{i:02d}.png" for i in range(4)] + [
-        f"dog/{i:02d}.png" for i in range(3)]
+        f"dog/{i:02d}.png" for i in range(3)
+    ]
     assert all(label == 1 for label, source, _ in found if "dog" in source)
     assert skipped(out) == {
         "cat/dog": "a folder already read (dog); each folder is walked once",
@@ -98,10 +104,13 @@ def link_to_zero(path: Path) -> None:
     path.symlink_to("/dev/zero")
 
 
-@pytest.mark.parametrize("name, make, kind", [
-    ("cat/x.jpg", os.mkfifo, "a FIFO"),  # opening it for reading would wait for a writer forever
-    ("dog/z.jpg", link_to_zero, "a character device"),  # reading it would fill the memory
-])
+@pytest.mark.parametrize(
+    "name, make, kind",
+    [
+        ("cat/x.jpg", os.mkfifo, "a FIFO"),  # opening it for reading would wait for a writer forever
+        ("dog/z.jpg", link_to_zero, "a character device"),  # reading it would fill the memory
+    ],
+)
 def test_a_file_that_is_not_regular_is_listed_and_never_read(name, make, kind, tmp_path):
     root = image_folder(tmp_path / "photos", {"cat": 3, "dog": 3})
     make(root / name)
@@ -120,14 +129,16 @@ def test_a_link_leaving_the_root_is_refused_unless_allowed(what, tmp_path):
     link.symlink_to(target)
     done, out = shard(tmp_path, root)
     assert_one_line_error(
-        done, f"{link}: links outside data.root ({target.resolve()}); set data.allow_outside_root: true to read it")
+        done, f"{link}: links outside data.root ({target.resolve()}); set data.allow_outside_root: true to read it"
+    )
     assert_nothing_left(tmp_path / "out")
 
     done, out = shard(tmp_path, root, allow_outside_root=True)
     assert done.code == 0, done.stderr
     far = ["dog/far.png"] if what == "file" else ["dog/far/00.png", "dog/far/01.png"]
     assert sorted(s for label, s, _ in all_records(out) if label == 1) == sorted(
-        [f"dog/{i:02d}.png" for i in range(3)] + far)
+        [f"dog/{i:02d}.png" for i in range(3)] + far
+    )
 
 
 def test_gif_is_sharded_as_png_and_other_files_are_listed(tmp_path):

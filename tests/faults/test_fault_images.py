@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from faultkit import assert_nothing_left, assert_one_line_error, invoke, write_params
+from PIL import Image
 
 EXIF_ORIENTATION = 0x0112
 
@@ -46,8 +45,15 @@ def odd_images(folder: Path) -> dict[str, tuple[int, int]]:
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = 6
     save(Image.fromarray(sideways), folder / "exif-rotated.jpg", exif=exif.tobytes(), quality=95)
-    return {"cmyk.jpg": (48, 40), "palette.png": (48, 40), "sixteen-bit.png": (48, 40), "alpha.png": (48, 40),
-            "tiny.png": (5, 5), "huge.jpg": (384, 256), "exif-rotated.jpg": (40, 60)}
+    return {
+        "cmyk.jpg": (48, 40),
+        "palette.png": (48, 40),
+        "sixteen-bit.png": (48, 40),
+        "alpha.png": (48, 40),
+        "tiny.png": (5, 5),
+        "huge.jpg": (384, 256),
+        "exif-rotated.jpg": (40, 60),
+    }
 
 
 @pytest.fixture
@@ -61,7 +67,9 @@ def image_folder(tmp_path) -> tuple[Path, dict]:
 
 
 def shard_folder(tmp_path: Path, base: Path, root: Path, **data):
-    params = write_params(tmp_path / "params.yaml", base, data={"source": "imagefolder", "root": str(root), "imbalance_ratio": 1, **data})
+    params = write_params(
+        tmp_path / "params.yaml", base, data={"source": "imagefolder", "root": str(root), "imbalance_ratio": 1, **data}
+    )
     out = tmp_path / "out" / "shards"
     return invoke("shard", "--params", params, "--out", out), out
 

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from faultkit import assert_nothing_left, assert_one_line_error, invoke, temp_leftovers, tree, write_params
 from pipeline_project import make_project, run
 from stageproc import Background, PausedStage
@@ -55,15 +54,30 @@ def saved_epoch(path: Path) -> int | None:
 
 
 def train_command(params: Path, project: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "stages.train", "--params", str(params),
-            "--shards", str(project / "data/shards"), "--head", str(project / "data/head/text_init.pt"),
-            "--out", str(out / "adapter.pt"), "--state", str(out / "last.pt"), "--live", str(out / "live")]
+    return [
+        sys.executable,
+        "-m",
+        "stages.train",
+        "--params",
+        str(params),
+        "--shards",
+        str(project / "data/shards"),
+        "--head",
+        str(project / "data/head/text_init.pt"),
+        "--out",
+        str(out / "adapter.pt"),
+        "--state",
+        str(out / "last.pt"),
+        "--live",
+        str(out / "live"),
+    ]
 
 
 def same_weights(a: Path, b: Path) -> bool:
     ours, theirs = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
     return ours["state"].keys() == theirs["state"].keys() and all(
-        torch.equal(ours["state"][k], theirs["state"][k]) for k in ours["state"])
+        torch.equal(ours["state"][k], theirs["state"][k]) for k in ours["state"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +118,17 @@ def pipeline_runs(copies):
         resumed = run(["dvc", "repro", "evaluate"], a, check=False, OMP_NUM_THREADS="1")
         first_code = first.wait()
         yield {
-            "a": a, "b": b, "first": first, "first_code": first_code, "second": second,
-            "b_running_during_second": b_running_during_second, "killed_code": killed_code,
-            "state_after_kill": state_after_kill, "leftovers_after_kill": leftovers,
-            "adapter_after_kill": adapter_after_kill, "resumed": resumed,
+            "a": a,
+            "b": b,
+            "first": first,
+            "first_code": first_code,
+            "second": second,
+            "b_running_during_second": b_running_during_second,
+            "killed_code": killed_code,
+            "state_after_kill": state_after_kill,
+            "leftovers_after_kill": leftovers,
+            "adapter_after_kill": adapter_after_kill,
+            "resumed": resumed,
         }
     finally:
         for background in (first, killed):
@@ -160,8 +181,11 @@ def test_sigterm_and_sigint_stop_cleanly_and_resume(copies, pipeline_runs, tmp_p
         os.kill(proc.proc.pid, sig)
         assert proc.wait() == 1, proc.stderr[-2000:]
         last_line = proc.stderr.rstrip("\n").split("\n")[-1].split("\r")[-1]
-        assert re.fullmatch(rf"train: stopped by signal {int(sig)} at epoch {epoch_done + 1}, batch \d+; "
-                            rf"state saved to {re.escape(str(state))}; rerun to resume", last_line), last_line
+        assert re.fullmatch(
+            rf"train: stopped by signal {int(sig)} at epoch {epoch_done + 1}, batch \d+; "
+            rf"state saved to {re.escape(str(state))}; rerun to resume",
+            last_line,
+        ), last_line
         saved = torch.load(state, map_location="cpu", weights_only=True)
         assert saved["epoch"] == epoch_done and saved.get("step", saved.get("batch")) > 0
         assert not (out / "adapter.pt").exists() and temp_leftovers(out) == []
@@ -175,13 +199,21 @@ def test_sigterm_and_sigint_stop_cleanly_and_resume(copies, pipeline_runs, tmp_p
 def test_same_metrics_with_worker_processes(copies, pipeline_runs, tmp_path):
     """Train and evaluate directly with 2 loader workers each: the same eval.json as B's (0 workers)."""
     _, b, _ = copies
-    params = write_params(tmp_path / "params.yaml", b / "params.yaml",
-                          train={"workers": 2}, evaluate={"workers": 2})
+    params = write_params(tmp_path / "params.yaml", b / "params.yaml", train={"workers": 2}, evaluate={"workers": 2})
     out = tmp_path / "workers"
     trained = invoke("train", *train_command(params, b, out)[3:])
     assert trained.code == 0, trained.stderr[-2000:]
-    evaluated = invoke("evaluate", "--params", params, "--shards", b / "data/shards", "--model", out / "adapter.pt",
-                       "--out", out / "metrics")
+    evaluated = invoke(
+        "evaluate",
+        "--params",
+        params,
+        "--shards",
+        b / "data/shards",
+        "--model",
+        out / "adapter.pt",
+        "--out",
+        out / "metrics",
+    )
     assert evaluated.code == 0, evaluated.stderr[-2000:]
     assert same_weights(out / "adapter.pt", b / "data/model/adapter.pt")
     assert (out / "metrics" / "eval.json").read_text() == (b / "data/metrics/eval.json").read_text()
@@ -228,6 +260,7 @@ def test_shard_stopped_by_a_signal_mid_write_leaves_nothing(tmp_path, params_fil
     finally:
         stopped.kill()
     assert code == 1
-    assert_one_line_error(stopped.outcome(), f"error: shard: stopped by signal {int(sig)}; nothing was written, "
-                                             f"{out} is as it was before")
+    assert_one_line_error(
+        stopped.outcome(), f"error: shard: stopped by signal {int(sig)}; nothing was written, {out} is as it was before"
+    )
     assert_nothing_left(out.parent, {f"shards/{name}": content for name, content in before.items()})

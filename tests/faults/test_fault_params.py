@@ -7,7 +7,6 @@ import itertools
 from pathlib import Path
 
 import pytest
-
 from faultkit import assert_nothing_left, assert_one_line_error, invoke, limit_memory, run_stage, write_params
 
 STAGES = ("shard", "validate", "init_head", "train", "evaluate")
@@ -23,8 +22,11 @@ def stage_args(stage: str, params: Path, out: Path, shards: Path, head: Path, ch
         "evaluate": ["--shards", shards, "--model", checkpoint],
     }[stage]
     output = {
-        "shard": out / "shards", "validate": out / "stats", "init_head": out / "head" / "text_init.pt",
-        "train": out / "model" / "adapter.pt", "evaluate": out / "metrics",
+        "shard": out / "shards",
+        "validate": out / "stats",
+        "init_head": out / "head" / "text_init.pt",
+        "train": out / "model" / "adapter.pt",
+        "evaluate": out / "metrics",
     }[stage]
     return ["--params", params, *inputs, "--out", output]
 
@@ -59,19 +61,26 @@ def test_negative_learning_rate(tmp_path, params_file, shards, head):
 def test_epochs_for_a_method_that_trains_nothing(tmp_path, params_file, shards, head):
     """Zero-shot has no trainable parameter: an explicit epoch count is a mistake, not an optimizer crash."""
     params = write_params(tmp_path / "params.yaml", params_file, train={"method": "zs", "epochs": 1})
-    assert_train_refuses(params, tmp_path, shards, head, "'train.epochs' is 1, but train.method zs has nothing to train")
+    assert_train_refuses(
+        params, tmp_path, shards, head, "'train.epochs' is 1, but train.method zs has nothing to train"
+    )
 
 
-@pytest.mark.parametrize("section, key, written, shown", [
-    ("train", "lr", ".inf", "inf"),
-    ("model", "scale", "-.inf", "-inf"),
-    ("data", "imbalance_ratio", ".nan", "nan"),
-])
+@pytest.mark.parametrize(
+    "section, key, written, shown",
+    [
+        ("train", "lr", ".inf", "inf"),
+        ("model", "scale", "-.inf", "-inf"),
+        ("data", "imbalance_ratio", ".nan", "nan"),
+    ],
+)
 def test_non_finite_float_is_refused(section, key, written, shown, tmp_path, params_file, shards, head):
     """`train.lr: .inf` used to pass `gt=0`, train to NaN weights and exit 0."""
     params = write_params(tmp_path / "params.yaml", params_file, **{section: {key: float(shown)}})
     assert f"  {key}: {written}\n" in params.read_text()
-    assert_train_refuses(params, tmp_path, shards, head, f"{params}: '{section}.{key}' is {shown}: input should be a finite number")
+    assert_train_refuses(
+        params, tmp_path, shards, head, f"{params}: '{section}.{key}' is {shown}: input should be a finite number"
+    )
 
 
 def test_a_float_beyond_float32_is_refused(tmp_path, params_file, shards, head):
@@ -95,11 +104,16 @@ def test_a_key_written_twice_is_refused(tmp_path, params_file, shards, head):
     """PyYAML keeps the last value silently (DVC refuses such a file): which lr did the user mean?"""
     lines = params_file.read_text().splitlines()
     train_line = lines.index("train:")
-    lines[train_line + 1:train_line + 1] = ["  lr: 0.5", "  lr: 0.01"]
+    lines[train_line + 1 : train_line + 1] = ["  lr: 0.5", "  lr: 0.01"]
     params = tmp_path / "params.yaml"
     params.write_text("\n".join(lines) + "\n")
-    assert_train_refuses(params, tmp_path, shards, head,
-                         f"{params}: duplicate key 'train.lr' (line {train_line + 2} and line {train_line + 3})")
+    assert_train_refuses(
+        params,
+        tmp_path,
+        shards,
+        head,
+        f"{params}: duplicate key 'train.lr' (line {train_line + 2} and line {train_line + 3})",
+    )
 
 
 @pytest.mark.parametrize("text", ["", "# nothing but a comment\n\n", "null\n", "{}\n"])
@@ -110,10 +124,9 @@ def test_an_empty_params_file_is_refused(text, tmp_path, shards):
     out = tmp_path / "out"
     done = invoke("validate", *stage_args("validate", params, out, shards, None, None))
     assert_one_line_error(
-        done, f"{params}: empty; expected the sections data, validate, model, init_head, train, evaluate, register")
+        done, f"{params}: empty; expected the sections data, validate, model, init_head, train, evaluate, register"
+    )
     assert_nothing_left(out)
-
-
 
 
 def billion_laughs(levels: int = 9) -> str:
@@ -130,8 +143,9 @@ def test_a_billion_laughs_params_file_fails_in_one_line_and_little_memory(tmp_pa
     params = tmp_path / "params.yaml"
     params.write_text(billion_laughs())
     out = tmp_path / "out"
-    done = run_stage("train", *stage_args("train", params, out, shards, head, None),
-                     timeout=60, preexec_fn=limit_memory())
+    done = run_stage(
+        "train", *stage_args("train", params, out, shards, head, None), timeout=60, preexec_fn=limit_memory()
+    )
     line = assert_one_line_error(done, f"{params}: 'data.root' is [[", "input should be a valid string")
     assert len(line) < 200 + len(str(params)), line
     assert_nothing_left(out)

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from faultkit import assert_nothing_left, assert_one_line_error, invoke, run_stage, write_params
 from PIL import Image
 from typer.testing import CliRunner
-
-from faultkit import assert_nothing_left, assert_one_line_error, invoke, run_stage, write_params
 
 POISONED_KEY = "head.weight"
 
@@ -27,8 +26,21 @@ def poisoned_copy(checkpoint: Path, dest: Path, value: float = float("nan")) -> 
 
 
 def train(params: Path, shards: Path, head: Path, out: Path):
-    return invoke("train", "--params", params, "--shards", shards, "--head", head,
-                  "--out", out / "model" / "adapter.pt", "--state", out / "state" / "last.pt", "--live", out / "live")
+    return invoke(
+        "train",
+        "--params",
+        params,
+        "--shards",
+        shards,
+        "--head",
+        head,
+        "--out",
+        out / "model" / "adapter.pt",
+        "--state",
+        out / "state" / "last.pt",
+        "--live",
+        out / "live",
+    )
 
 
 # --- training that diverges -------------------------------------------------------
@@ -49,12 +61,16 @@ def test_weights_made_infinite_by_the_last_step_fail_train_and_save_nothing(tmp_
     """One optimizer step per epoch (batch 128 > 92 images): every loss is computed on the finite initial
     weights, and the single step (lr x weight decay x weight = 1e30 x 1e30 x ~0.1, all finite params)
     sends the weights to inf in float32. The run used to exit 0 and write that model."""
-    params = write_params(tmp_path / "params.yaml", params_file, train={
-        "lr": 1e30, "weight_decay": 1e30, "batch_size": 128, "micro_batch": 4, "epochs": 1})
+    params = write_params(
+        tmp_path / "params.yaml",
+        params_file,
+        train={"lr": 1e30, "weight_decay": 1e30, "batch_size": 128, "micro_batch": 4, "epochs": 1},
+    )
     out = tmp_path / "out"
     done = train(params, shards, head, out)
-    assert_one_line_error(done, "train: weights are not finite after epoch 1 (first: ",
-                          "lower train.lr or check the data")
+    assert_one_line_error(
+        done, "train: weights are not finite after epoch 1 (first: ", "lower train.lr or check the data"
+    )
     assert not (out / "model").exists()
     assert not (out / "state").exists()
 
@@ -92,22 +108,43 @@ def project(tmp_path, params_file) -> Path:
     repo = tmp_path / "project"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
-    for key, value in (("user.name", "liftplus tests"), ("user.email", "tests@liftplus.invalid"),
-                       ("tag.gpgsign", "false")):
+    for key, value in (
+        ("user.name", "liftplus tests"),
+        ("user.email", "tests@liftplus.invalid"),
+        ("tag.gpgsign", "false"),
+    ):
         git(repo, "config", key, value)
-    write_params(repo / "params.yaml", params_file,
-                 register={"min_accuracy": 0, "min_mean_class_accuracy": 0, "min_few_accuracy": None})
-    (repo / "eval.json").write_text(json.dumps(
-        {"test": {"acc": 12.5, "acc_mean_class": 10.0, "acc_many": 20.0, "acc_medium": 5.0, "acc_few": 0.0},
-         "tte": True}))
+    write_params(
+        repo / "params.yaml",
+        params_file,
+        register={"min_accuracy": 0, "min_mean_class_accuracy": 0, "min_few_accuracy": None},
+    )
+    (repo / "eval.json").write_text(
+        json.dumps(
+            {
+                "test": {"acc": 12.5, "acc_mean_class": 10.0, "acc_many": 20.0, "acc_medium": 5.0, "acc_few": 0.0},
+                "tte": True,
+            }
+        )
+    )
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "project")
     return repo
 
 
 def register(repo: Path, model: Path):
-    return run_stage("register", "--params", "params.yaml", "--metrics", "eval.json", "--model", model,
-                     "--out", "registration.json", cwd=repo)
+    return run_stage(
+        "register",
+        "--params",
+        "params.yaml",
+        "--metrics",
+        "eval.json",
+        "--model",
+        model,
+        "--out",
+        "registration.json",
+        cwd=repo,
+    )
 
 
 def test_register_refuses_a_nan_checkpoint(project, checkpoint):
@@ -147,18 +184,34 @@ def first_shard(manifest: dict) -> dict:
 
 
 WRONG_TYPES = [
-    pytest.param(lambda m: m.update(num_classes="10"), "'num_classes' is '10', expected an integer >= 0",
-                 id="num_classes-string"),
-    pytest.param(lambda m: m["splits"]["train"].update(num_samples="92"),
-                 "'splits.train.num_samples' is '92', expected an integer >= 0", id="num_samples-string"),
-    pytest.param(lambda m: first_shard(m).update(sha256=7),
-                 "'splits.train.shards[0].sha256' is 7, expected 64 lowercase hex digits", id="sha256-int"),
-    pytest.param(lambda m: first_shard(m).update(num_samples="3"),
-                 "'splits.train.shards[0].num_samples' is '3', expected an integer >= 0", id="shard-count-string"),
-    pytest.param(lambda m: first_shard(m).update(bytes=None),
-                 "'splits.train.shards[0].bytes' is None, expected an integer >= 0", id="bytes-null"),
-    pytest.param(lambda m: m["splits"]["train"].update(skipped="none"),
-                 "'splits.train.skipped' must be a list", id="skipped-string"),
+    pytest.param(
+        lambda m: m.update(num_classes="10"), "'num_classes' is '10', expected an integer >= 0", id="num_classes-string"
+    ),
+    pytest.param(
+        lambda m: m["splits"]["train"].update(num_samples="92"),
+        "'splits.train.num_samples' is '92', expected an integer >= 0",
+        id="num_samples-string",
+    ),
+    pytest.param(
+        lambda m: first_shard(m).update(sha256=7),
+        "'splits.train.shards[0].sha256' is 7, expected 64 lowercase hex digits",
+        id="sha256-int",
+    ),
+    pytest.param(
+        lambda m: first_shard(m).update(num_samples="3"),
+        "'splits.train.shards[0].num_samples' is '3', expected an integer >= 0",
+        id="shard-count-string",
+    ),
+    pytest.param(
+        lambda m: first_shard(m).update(bytes=None),
+        "'splits.train.shards[0].bytes' is None, expected an integer >= 0",
+        id="bytes-null",
+    ),
+    pytest.param(
+        lambda m: m["splits"]["train"].update(skipped="none"),
+        "'splits.train.skipped' must be a list",
+        id="skipped-string",
+    ),
 ]
 
 
@@ -177,4 +230,3 @@ def test_train_names_a_manifest_field_of_the_wrong_type(tmp_path, params_file, s
     done = train(params_file, copy, head, tmp_path / "out")
     assert_one_line_error(done, f"{copy / 'manifest.json'}: {message}")
     assert_nothing_left(tmp_path / "out")
-

@@ -10,12 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from fake_raw_data import SPLIT_LIST_NAMES as NAMES
 from fake_raw_data import split_list_data
 from faultkit import assert_nothing_left, assert_one_line_error, invoke, run_stage, shard, tree, write_params
-
+from PIL import Image
 
 
 def test_missing_raw_data(tmp_path, params_file):
@@ -36,7 +34,10 @@ def test_debug_shows_the_traceback_once(how, tmp_path, params_file):
     done = run_stage("shard", *args, "--debug") if how == "flag" else run_stage("shard", *args, LIFTPLUS_DEBUG="1")
     assert done.code != 0
     assert done.stderr.count("Traceback (most recent call last)") == 1
-    assert done.last_line == f"liftplus.errors.DataError: data.root {missing}: folder not found (fashion-mnist idx files expected)"
+    assert (
+        done.last_line
+        == f"liftplus.errors.DataError: data.root {missing}: folder not found (fashion-mnist idx files expected)"
+    )
     assert "open_fashion_mnist" in done.stderr
     assert_nothing_left(tmp_path / "out")
 
@@ -47,11 +48,14 @@ def truncated_jpeg() -> bytes:
     return buffer.getvalue()[: len(buffer.getvalue()) // 2]
 
 
-@pytest.mark.parametrize("damage, reason", [
-    ("garbage", "cannot decode"),
-    ("truncated", "cannot decode"),
-    ("missing", "cannot read: No such file or directory"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("garbage", "cannot decode"),
+        ("truncated", "cannot decode"),
+        ("missing", "cannot read: No such file or directory"),
+    ],
+)
 def test_unreadable_image_in_split_list(damage, reason, tmp_path, params_file):
     data = split_list_data(tmp_path / "raw")
     # the ninth training image: two 4-sample shards of this split are already written when it fails
@@ -78,10 +82,13 @@ def test_label_outside_class_range(tmp_path, params_file):
     assert_nothing_left(tmp_path / "out")
 
 
-@pytest.mark.parametrize("names, expected", [
-    (NAMES + ["emu"], "{names}: 4 class names, but the labels in {train} run 0..2 (expected 3 names)"),
-    (NAMES[:2], "{train}:3: label 2 outside [0, 2) (2 class names)"),
-])
+@pytest.mark.parametrize(
+    "names, expected",
+    [
+        (NAMES + ["emu"], "{names}: 4 class names, but the labels in {train} run 0..2 (expected 3 names)"),
+        (NAMES[:2], "{train}:3: label 2 outside [0, 2) (2 class names)"),
+    ],
+)
 def test_classnames_file_with_wrong_number_of_lines(names, expected, tmp_path, params_file):
     data = split_list_data(tmp_path / "raw")
     Path(data["classnames"]).write_text("\n".join(names) + "\n")
@@ -126,10 +133,14 @@ def test_cifar_pickle_with_code_execution_payload(tmp_path, params_file):
     marker = tmp_path / "payload-ran"
     names = [f"class{i}" for i in range(3)]
     (root / "meta").write_bytes(pickle.dumps({"fine_label_names": names}, protocol=2))
-    (root / "test").write_bytes(pickle.dumps(
-        {"data": np.zeros((3, 3072), np.uint8), "fine_labels": [0, 1, 2]}, protocol=2))
-    (root / "train").write_bytes(pickle.dumps(
-        {"data": np.zeros((3, 3072), np.uint8), "fine_labels": [0, 1, 2], "x": Payload(marker)}, protocol=2))
+    (root / "test").write_bytes(
+        pickle.dumps({"data": np.zeros((3, 3072), np.uint8), "fine_labels": [0, 1, 2]}, protocol=2)
+    )
+    (root / "train").write_bytes(
+        pickle.dumps(
+            {"data": np.zeros((3, 3072), np.uint8), "fine_labels": [0, 1, 2], "x": Payload(marker)}, protocol=2
+        )
+    )
     params = write_params(tmp_path / "params.yaml", params_file, data={"source": "cifar100", "root": str(root)})
     done = run_stage("shard", "--params", params, "--out", tmp_path / "out" / "shards")
     line = assert_one_line_error(done, f"{root / 'train'}: refused or unreadable CIFAR pickle")

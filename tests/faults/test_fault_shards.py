@@ -8,7 +8,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from faultkit import assert_nothing_left, assert_one_line_error, invoke, write_params
 
 
@@ -50,8 +49,16 @@ def run(stage: str, params: Path, shards: Path, tmp_path: Path, head: Path, chec
     out = tmp_path / "out"
     args = {
         "validate": ["--out", out / "stats"],
-        "train": ["--head", head, "--out", out / "model" / "adapter.pt", "--state", out / "state" / "last.pt",
-                  "--live", out / "live"],
+        "train": [
+            "--head",
+            head,
+            "--out",
+            out / "model" / "adapter.pt",
+            "--state",
+            out / "state" / "last.pt",
+            "--live",
+            out / "live",
+        ],
         "evaluate": ["--model", checkpoint, "--out", out / "metrics"],
     }[stage]
     return invoke(stage, "--params", params, "--shards", shards, *args), out
@@ -73,8 +80,9 @@ def test_shard_checksum_no_longer_matches_manifest(stage, tmp_path, params_file,
     shards = copy_shards(shards, tmp_path)
     tar = shards / "train-000000.tar"
     alter_quietly(tar)
-    params = write_params(tmp_path / "params.yaml", params_file,
-                          validate={"verify_checksums": True}, train={"verify_checksums": True})
+    params = write_params(
+        tmp_path / "params.yaml", params_file, validate={"verify_checksums": True}, train={"verify_checksums": True}
+    )
     done, out = run(stage, params, shards, tmp_path, head, checkpoint)
     assert_one_line_error(done, f"{tar}: sha256", "does not match the manifest's")
     assert_nothing_left(out)

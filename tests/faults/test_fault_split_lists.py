@@ -7,10 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-
-from faultkit import assert_nothing_left, assert_one_line_error
 from fake_raw_data import split_list_data
-from faultkit import shard
+from faultkit import assert_nothing_left, assert_one_line_error, shard
 
 
 def edit_line(path: Path, index: int, text: str) -> None:
@@ -87,8 +85,9 @@ def test_listed_path_that_leaves_the_root(how, tmp_path, params_file):
 def test_imbalance_ratio_is_refused_for_lists_that_are_long_tailed_already(tmp_path, params_file):
     data = split_list_data(tmp_path / "raw")
     done, out = shard(tmp_path, params_file, **{**data, "imbalance_ratio": 100})
-    assert_one_line_error(done, "data.imbalance_ratio is 100, but split lists are already long-tailed",
-                          "set data.imbalance_ratio: 1")
+    assert_one_line_error(
+        done, "data.imbalance_ratio is 100, but split lists are already long-tailed", "set data.imbalance_ratio: 1"
+    )
     assert_nothing_left(tmp_path / "out")
 
 
@@ -100,6 +99,7 @@ def test_list_outside_the_folders_dvc_tracks(param, tmp_path, params_file):
     elsewhere.parent.mkdir()
     elsewhere.write_bytes(Path(data[param]).read_bytes())
     done, out = shard(tmp_path, params_file, **{**data, param: str(elsewhere)})
-    assert_one_line_error(done, f"data.{param} {elsewhere}: outside data.lists ({data['lists']}) and data.root",
-                          "move it into data.lists")
+    assert_one_line_error(
+        done, f"data.{param} {elsewhere}: outside data.lists ({data['lists']}) and data.root", "move it into data.lists"
+    )
     assert_nothing_left(tmp_path / "out")

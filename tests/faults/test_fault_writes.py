@@ -20,8 +20,21 @@ def test_nan_loss_stops_training(tmp_path, params_file, shards, head):
     """A huge learning rate blows the adapters' weights up; the cosine head alone would keep logits finite."""
     params = write_params(tmp_path / "params.yaml", params_file, train={"lr": 1e30})
     out = tmp_path / "out"
-    done = invoke("train", "--params", params, "--shards", shards, "--head", head,
-                  "--out", out / "model" / "adapter.pt", "--state", out / "state" / "last.pt", "--live", out / "live")
+    done = invoke(
+        "train",
+        "--params",
+        params,
+        "--shards",
+        shards,
+        "--head",
+        head,
+        "--out",
+        out / "model" / "adapter.pt",
+        "--state",
+        out / "state" / "last.pt",
+        "--live",
+        out / "live",
+    )
     assert_one_line_error(done, "train: loss is nan at epoch 1, batch ", "(lr 1e+30); lower train.lr")
     assert not (out / "model").exists() and not (out / "state").exists()
     assert temp_leftovers(out) == []
@@ -93,9 +106,23 @@ def test_disk_full_while_writing_checkpoint(tmp_path, params_file, shards, head)
     It runs outside any DVC repository, so that DVCLive does not open one (whose state database
     would be the first write refused: see the next test)."""
     out = tmp_path / "out"
-    done = run_stage("train", "--params", params_file, "--shards", shards, "--head", head,
-                     "--out", out / "model" / "adapter.pt", "--state", out / "state" / "last.pt",
-                     "--live", out / "live", cwd=tmp_path, preexec_fn=limit_file_size(4096))
+    done = run_stage(
+        "train",
+        "--params",
+        params_file,
+        "--shards",
+        shards,
+        "--head",
+        head,
+        "--out",
+        out / "model" / "adapter.pt",
+        "--state",
+        out / "state" / "last.pt",
+        "--live",
+        out / "live",
+        cwd=tmp_path,
+        preexec_fn=limit_file_size(4096),
+    )
     assert_one_line_error(done, f"{out / 'state' / 'last.pt'}: cannot write (", "nothing was written")
     assert not (out / "model" / "adapter.pt").exists() and not (out / "state" / "last.pt").exists()
     assert temp_leftovers(out) == []
@@ -113,8 +140,21 @@ def test_disk_full_when_the_training_log_starts(tmp_path, monkeypatch, params_fi
 
     monkeypatch.setattr(dvclive.live, "get_dvc_repo", full_disk)
     out = tmp_path / "out"
-    done = invoke("train", "--params", params_file, "--shards", shards, "--head", head,
-                  "--out", out / "model" / "adapter.pt", "--state", out / "state" / "last.pt", "--live", out / "live")
+    done = invoke(
+        "train",
+        "--params",
+        params_file,
+        "--shards",
+        shards,
+        "--head",
+        head,
+        "--out",
+        out / "model" / "adapter.pt",
+        "--state",
+        out / "state" / "last.pt",
+        "--live",
+        out / "live",
+    )
     assert_one_line_error(done, f"{out / 'live'}: cannot start the DVCLive training log (disk I/O error)")
     assert not (out / "model").exists() and not (out / "state").exists()
     assert temp_leftovers(out) == []
@@ -129,8 +169,10 @@ def test_training_log_write_refused_mid_run_names_the_file(tmp_path, params_file
     in_the_way.parent.mkdir(parents=True)
     in_the_way.write_text("not a folder\n")
     done = invoke("train", *train_args(params_file, shards, head, out))
-    assert_one_line_error(done, f"error: {in_the_way / 'fit'}: cannot write (Not a directory); "
-                                "the training log stopped at optimizer step 1")
+    assert_one_line_error(
+        done,
+        f"error: {in_the_way / 'fit'}: cannot write (Not a directory); the training log stopped at optimizer step 1",
+    )
     assert not (out / "model" / "adapter.pt").exists() and temp_leftovers(out) == []
 
     in_the_way.unlink()
@@ -176,7 +218,10 @@ def test_evaluation_outputs_change_together_on_a_full_disk(tmp_path, params_file
     assert small < large
     out = tmp_path / "metrics"
     before = previous_outputs(out, *EVAL_OUTPUTS)
-    done = run_stage("evaluate", *evaluate_args(params_file, shards, checkpoint, out),
-                     preexec_fn=limit_file_size((small + large) // 2))
+    done = run_stage(
+        "evaluate",
+        *evaluate_args(params_file, shards, checkpoint, out),
+        preexec_fn=limit_file_size((small + large) // 2),
+    )
     assert_one_line_error(done, f"error: {out / 'predictions.csv'}: cannot write (File too large); nothing was written")
     assert_nothing_left(out, before)

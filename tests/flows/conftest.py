@@ -10,15 +10,13 @@ from pathlib import Path
 
 from liftplus import offline
 
-
 # Before anything imports prefect: offline, and no state outside temp dirs.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="liftplus-prefect-home-"))
 offline.apply()
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
-import pytest
-
-from fakeproject import make_fake_project
+import pytest  # noqa: E402  (after the environment above: importing it may import prefect)
+from fakeproject import make_fake_project  # noqa: E402
 
 
 @pytest.fixture(scope="session")

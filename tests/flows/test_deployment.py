@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from fakeproject import stage_calls
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
-from fakeproject import stage_calls
 from flows.pipeline import STAGES
 from flows.serve import DEFAULT_CRON, DEPLOYMENT_NAME
 
@@ -45,7 +45,10 @@ def test_served_deployment_runs_when_triggered(prefect_api, fake_project, tmp_pa
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "flows.serve", "--repo", str(fake_project)],
-        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deployment = wait_for_deployment(server)

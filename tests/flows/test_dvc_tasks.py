@@ -70,8 +70,10 @@ Updating lock file 'dvc.lock'
 
 
 def test_experiment_names_from_queue_and_run_output():
-    output = "Queueing with overrides '{...}'.\nQueued experiment 'blame-hose' for future execution.\n" \
-             "Reproducing experiment 'potty-halm'\nReproducing experiment 'potty-halm'\n"
+    output = (
+        "Queueing with overrides '{...}'.\nQueued experiment 'blame-hose' for future execution.\n"
+        "Reproducing experiment 'potty-halm'\nReproducing experiment 'potty-halm'\n"
+    )
     assert experiment_names(output) == ["blame-hose", "potty-halm"]
 
 
@@ -82,8 +84,14 @@ def test_flatten_metrics_keeps_nulls_and_nests_with_dots():
 
 @pytest.mark.parametrize(
     "value, expected",
-    [(0.02, "train.lr=0.02"), (5, "train.lr=5"), (True, "train.lr=true"), (None, "train.lr=null"),
-     ("la", "train.lr=la"), ("a photo of a {}.", 'train.lr="a photo of a {}."')],
+    [
+        (0.02, "train.lr=0.02"),
+        (5, "train.lr=5"),
+        (True, "train.lr=true"),
+        (None, "train.lr=null"),
+        ("la", "train.lr=la"),
+        ("a photo of a {}.", 'train.lr="a photo of a {}."'),
+    ],
 )
 def test_overrides_are_written_so_dvc_reads_them_back(value, expected):
     assert format_override("train.lr", value) == expected

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 import zc.lockfile
+from fakeproject import dvc, stage_calls, write_params
 from prefect.client.orchestration import get_client
 
-from fakeproject import dvc, stage_calls, write_params
 from flows import dvc_tasks
 from flows.dvc_tasks import DvcCommandFailed, lock_held_failure
 from flows.pipeline import STAGES, liftplus_pipeline
@@ -60,17 +60,28 @@ def sections(markdown: str) -> list[str]:
 def test_metrics_artifact_leads_with_the_evaluation_then_data_then_plots(prefect_api, fake_project):
     liftplus_pipeline(repo=str(fake_project), **NO_WAIT)
     markdown = latest_artifact("liftplus-metrics")
-    assert sections(markdown) == ["# liftplus pipeline: workspace", "## Evaluation", "## Data", "## Plots",
-                                  "## Stages", "## All metrics"]
+    assert sections(markdown) == [
+        "# liftplus pipeline: workspace",
+        "## Evaluation",
+        "## Data",
+        "## Plots",
+        "## Stages",
+        "## All metrics",
+    ]
     evaluation = json.loads((fake_project / "data/metrics/eval.json").read_text())
-    assert evaluation == {"test": {"acc": 80.0, "acc_mean_class": 78.75, "acc_many": 82.5, "acc_medium": 75.25,
-                                   "acc_few": 69.5}, "tte": True}
-    assert ("| accuracy (%) | value |\n|---|---:|\n| overall | 80.00 |\n| mean per class | 78.75 |\n"
-            "| many | 82.50 |\n| medium | 75.25 |\n| few | 69.50 |\n\nTest-time ensembling (TTE): on\n") in markdown
+    assert evaluation == {
+        "test": {"acc": 80.0, "acc_mean_class": 78.75, "acc_many": 82.5, "acc_medium": 75.25, "acc_few": 69.5},
+        "tte": True,
+    }
+    assert (
+        "| accuracy (%) | value |\n|---|---:|\n| overall | 80.00 |\n| mean per class | 78.75 |\n"
+        "| many | 82.50 |\n| medium | 75.25 |\n| few | 69.50 |\n\nTest-time ensembling (TTE): on\n"
+    ) in markdown
     stats = json.loads((fake_project / "data/stats/longtail.json").read_text())
     data = markdown.split("## Data")[1].split("## Plots")[0]
     assert [line for line in data.splitlines() if line.startswith("| ") and "statistic" not in line] == [
-        f"| dataset.{key} | {value:g} |" for key, value in stats["dataset"].items()]
+        f"| dataset.{key} | {value:g} |" for key, value in stats["dataset"].items()
+    ]
     page = fake_project / "dvc_plots" / "index.html"
     assert page.is_file() and f"]({page.resolve().as_uri()})" in markdown.split("## Plots")[1]
 
@@ -89,10 +100,20 @@ def test_up_to_date_pipeline_starts_no_dvc_process(prefect_api, fake_project, mo
 def test_command_line_failure_ends_with_the_stage_error_line_and_no_traceback(fake_project, tmp_path):
     write_params(fake_project, fake={"fail_validate": True})
     env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
-               PYTHONPATH=str(PROJECT_ROOT))
-    run = subprocess.run([sys.executable, "-m", "flows.pipeline", "--repo", str(fake_project)], cwd=PROJECT_ROOT,
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+        PYTHONPATH=str(PROJECT_ROOT),
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "flows.pipeline", "--repo", str(fake_project)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
     line = "error: validate: class 'sandal' has 0 training images, expected at least 1"
     lines = run.stdout.splitlines()
     assert run.returncode == 1, run.stdout
@@ -101,9 +122,11 @@ def test_command_line_failure_ends_with_the_stage_error_line_and_no_traceback(fa
     assert lines.count(line) == 1, "the line itself is printed once, last"
     mentions = [text for text in lines if line in text]
     assert len(mentions) == 3 and mentions[0].endswith(f"Task run 'dvc-repro-validate' - {line}"), (
-        "besides the last line only the stage's own stderr line and the flow's final state hold it")
+        "besides the last line only the stage's own stderr line and the flow's final state hold it"
+    )
     assert "| Flow run '" in mentions[1] and mentions[1].endswith(f" - Finished in state Failed({line!r})"), (
-        "the flow run's final state is the line")
+        "the flow run's final state is the line"
+    )
     assert stage_calls() == ["shard", "validate"]
 
 
@@ -113,8 +136,15 @@ def test_command_line_no_op_starts_no_flow_run(prefect_api, fake_project, tmp_pa
     before = stage_calls()
     env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(PROJECT_ROOT))
-    run = subprocess.run([sys.executable, "-m", "flows.pipeline", "--repo", str(fake_project)], cwd=PROJECT_ROOT,
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "flows.pipeline", "--repo", str(fake_project)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout
     assert run.stdout.splitlines()[-1] == "pipeline: every stage is up to date (dvc status); no flow run started"
     assert "temporary server" not in run.stdout.lower() and "Flow run" not in run.stdout, run.stdout
@@ -127,7 +157,8 @@ def test_transient_failure_is_retried(prefect_api, fake_project):
     result = liftplus_pipeline(stages=["train"], repo=str(fake_project), **NO_WAIT)
     assert result["stages"]["train"] == "ran"
     assert stage_calls() == ["shard", "validate", "init_head", "train", "train"], (
-        "train killed once by SIGKILL, then retried; its upstream did not rerun")
+        "train killed once by SIGKILL, then retried; its upstream did not rerun"
+    )
 
 
 def test_dvc_lock_held_by_another_process_is_retried(prefect_api, fake_project, monkeypatch):
@@ -146,8 +177,7 @@ def test_dvc_lock_held_by_another_process_is_retried(prefect_api, fake_project, 
         result = liftplus_pipeline(stages=["shard"], repo=str(fake_project), **NO_WAIT)
     finally:
         held.close()
-    assert [(f.transient, str(f)) for f in failures] == [
-        (True, "dvc status: the DVC lock is held by another process")]
+    assert [(f.transient, str(f)) for f in failures] == [(True, "dvc status: the DVC lock is held by another process")]
     assert result["stages"] == {"shard": "ran"}
     assert stage_calls() == ["shard"]
 
@@ -175,9 +205,7 @@ def test_validation_failure_stops_without_retries_and_shows_its_message(prefect_
 
 def test_set_params_runs_an_experiment_and_leaves_params_yaml_alone(prefect_api, fake_project):
     params_before = (fake_project / "params.yaml").read_text()
-    result = liftplus_pipeline(
-        set_params={"train.lr": "0.01", "train.loss": "ce"}, repo=str(fake_project), **NO_WAIT
-    )
+    result = liftplus_pipeline(set_params={"train.lr": "0.01", "train.loss": "ce"}, repo=str(fake_project), **NO_WAIT)
     assert result["experiment"]
     assert (fake_project / "params.yaml").read_text() == params_before
     assert not (fake_project / "dvc.lock").exists(), "the workspace pipeline was not touched"

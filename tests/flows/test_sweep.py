@@ -7,9 +7,9 @@ import re
 import subprocess
 
 import pytest
+from fakeproject import dvc
 from prefect.client.orchestration import get_client
 
-from fakeproject import dvc
 from flows import sweep
 from flows.sweep import collect_results, experiment_rows, grid_points, liftplus_sweep, metric_value, pick_best
 
@@ -50,10 +50,19 @@ def test_sweep_over_four_experiments_names_the_best(prefect_api, fake_project):
     for row in rows:
         acc = accuracy(row["params"]["train.lr"], row["params"]["train.loss"])
         assert row["accuracy"] == pytest.approx(
-            {"overall": acc, "mean per class": acc - 1.25, "many": acc + 2.5, "medium": acc - 4.75, "few": acc - 10.5})
+            {"overall": acc, "mean per class": acc - 1.25, "many": acc + 2.5, "medium": acc - 4.75, "few": acc - 10.5}
+        )
     table = {cells[0]: cells[1:] for cells in map(table_cells, result["table"].splitlines()) if cells}
-    assert table["experiment"] == ["status", "train.lr", "train.loss",
-                                   "overall %", "mean per class %", "many %", "medium %", "few %"]
+    assert table["experiment"] == [
+        "status",
+        "train.lr",
+        "train.loss",
+        "overall %",
+        "mean per class %",
+        "many %",
+        "medium %",
+        "few %",
+    ]
     assert table[f"{result['best']} ★"] == ["success", "0.01", "ce", "95.00", "93.75", "97.50", "90.25", "84.50"]
     worst = next(cells for cells in table.values() if cells[1:3] == ["0.02", "la"])
     assert worst[3:] == ["80.00", "78.75", "82.50", "75.25", "69.50"]
@@ -62,19 +71,27 @@ def test_sweep_over_four_experiments_names_the_best(prefect_api, fake_project):
         artifacts = client.read_latest_artifacts(limit=50)
     markdown = next(a for a in artifacts if a.key == "liftplus-sweep").data
     assert f"**{result['best']}** = 95" in markdown
-    assert "| experiment | status | train.lr | train.loss | overall % | mean per class % | many % | medium % | few % |" in markdown
+    assert (
+        "| experiment | status | train.lr | train.loss | overall % | mean per class % | many % | medium % | few % |"
+        in markdown
+    )
     assert f"| {result['best']} ★ | success | 0.01 | ce | 95.00 | 93.75 | 97.50 | 90.25 | 84.50 |" in markdown
     assert markdown.count("| success |") == 4
 
     # A commit made after the sweep started moves HEAD; the results stay with their baseline.
-    baseline = subprocess.run(["git", "rev-parse", "HEAD"], cwd=fake_project, capture_output=True,
-                              text=True, check=True).stdout.strip()
+    baseline = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=fake_project, capture_output=True, text=True, check=True
+    ).stdout.strip()
     (fake_project / "NOTES.md").write_text("committed while the sweep ran\n")
     subprocess.run(["git", "add", "NOTES.md"], cwd=fake_project, check=True)
     subprocess.run(["git", "commit", "-qm", "notes"], cwd=fake_project, check=True)
     names = [row["name"] for row in rows]
-    at_head = experiment_rows(json.loads(dvc(fake_project, "exp", "show", "--json").stdout), names, list(grid),
-                              "data/metrics/eval.json:test.acc")
+    at_head = experiment_rows(
+        json.loads(dvc(fake_project, "exp", "show", "--json").stdout),
+        names,
+        list(grid),
+        "data/metrics/eval.json:test.acc",
+    )
     assert {row["status"] for row in at_head} == {"missing"}
     again = collect_results.fn(names, list(grid), "data/metrics/eval.json:test.acc", baseline, str(fake_project))
     assert again == rows
@@ -105,25 +122,63 @@ def test_metric_by_file_and_key_or_bare_key():
         metric_value(metrics, "accuracy")
 
 
-SHOWN = [{
-    "rev": "abc", "name": "main", "experiments": [
-            {"name": "good", "executor": {"state": "success"}, "revs": [{
-                "rev": "1", "name": "good", "error": None,
-                "data": {"params": {"params.yaml": {"data": {"train": {"lr": 0.1}}}},
-                         "metrics": {"m.json": {"data": {"acc": 3.0}},
-                                     "data/metrics/eval.json": {"data": {"test": {
-                                         "acc": 71.5, "acc_mean_class": 70.0, "acc_many": 80.25,
-                                         "acc_medium": 60.0}, "tte": False}}}}}]},
-            {"name": "bad", "executor": {"state": "failed"}, "revs": [{
-                "rev": "2", "name": "bad", "error": None,
-                "data": {"params": {"params.yaml": {"data": {"train": {"lr": 0.2}}}}, "metrics": {}}}]},
-        ]}]
+SHOWN = [
+    {
+        "rev": "abc",
+        "name": "main",
+        "experiments": [
+            {
+                "name": "good",
+                "executor": {"state": "success"},
+                "revs": [
+                    {
+                        "rev": "1",
+                        "name": "good",
+                        "error": None,
+                        "data": {
+                            "params": {"params.yaml": {"data": {"train": {"lr": 0.1}}}},
+                            "metrics": {
+                                "m.json": {"data": {"acc": 3.0}},
+                                "data/metrics/eval.json": {
+                                    "data": {
+                                        "test": {
+                                            "acc": 71.5,
+                                            "acc_mean_class": 70.0,
+                                            "acc_many": 80.25,
+                                            "acc_medium": 60.0,
+                                        },
+                                        "tte": False,
+                                    }
+                                },
+                            },
+                        },
+                    }
+                ],
+            },
+            {
+                "name": "bad",
+                "executor": {"state": "failed"},
+                "revs": [
+                    {
+                        "rev": "2",
+                        "name": "bad",
+                        "error": None,
+                        "data": {"params": {"params.yaml": {"data": {"train": {"lr": 0.2}}}}, "metrics": {}},
+                    }
+                ],
+            },
+        ],
+    }
+]
 
 
 def test_failed_and_missing_experiments_are_reported_not_ranked():
     rows = experiment_rows(SHOWN, ["bad", "good", "gone"], ["train.lr"], "m.json:acc")
     assert [(r["name"], r["status"], r["metric"]) for r in rows] == [
-        ("bad", "failed", None), ("good", "success", 3.0), ("gone", "missing", None)]
+        ("bad", "failed", None),
+        ("good", "success", 3.0),
+        ("gone", "missing", None),
+    ]
     assert rows[0]["params"] == {"train.lr": 0.2}
     assert pick_best(rows)["name"] == "good"
     assert pick_best(rows[:1]) is None
@@ -135,10 +190,18 @@ def test_command_line_sweep_ends_by_printing_the_table(monkeypatch, capsys):
     monkeypatch.setattr(sweep, "liftplus_sweep", lambda **kwargs: {"table": table, "best": "good"})
     sweep.main(["--grid", '{"train.lr": [0.1, 0.2]}', "--metric", "m.json:acc"])
     printed = capsys.readouterr().out.rstrip("\n").splitlines()
-    assert printed[-len(table.splitlines()):] == table.splitlines(), "the table is the last thing printed"
+    assert printed[-len(table.splitlines()) :] == table.splitlines(), "the table is the last thing printed"
     cells = {row[0]: row[1:] for row in map(table_cells, printed) if row}
-    assert cells["experiment"] == ["status", "train.lr", "overall %", "mean per class %", "many %", "medium %",
-                                   "few %", "m.json:acc"]
+    assert cells["experiment"] == [
+        "status",
+        "train.lr",
+        "overall %",
+        "mean per class %",
+        "many %",
+        "medium %",
+        "few %",
+        "m.json:acc",
+    ]
     assert cells["good ★"] == ["success", "0.1", "71.50", "70.00", "80.25", "60.00", "—", "3"]
     assert cells["bad"] == ["failed", "0.2", "—", "—", "—", "—", "—", "—"]
     assert printed[-1].strip() == "Best (highest `m.json:acc`): good = 3"

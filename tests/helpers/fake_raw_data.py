@@ -78,8 +78,9 @@ def pickle_dumps(obj, protocol: int | str) -> bytes:
     return buffer.getvalue()
 
 
-def make_cifar(root: Path, num_classes: int = 5, per_class: int = 20, test_per_class: int = 4,
-               protocol: int | str = "py2") -> dict:
+def make_cifar(
+    root: Path, num_classes: int = 5, per_class: int = 20, test_per_class: int = 4, protocol: int | str = "py2"
+) -> dict:
     """Fake CIFAR-100 python release files: str-keyed dicts pickled as Python 2 did."""
     rng = np.random.default_rng(2)
     root.mkdir(parents=True, exist_ok=True)
@@ -87,9 +88,13 @@ def make_cifar(root: Path, num_classes: int = 5, per_class: int = 20, test_per_c
     for split, n in (("train", per_class), ("test", test_per_class)):
         labels = [int(c) for c in rng.permutation(np.repeat(np.arange(num_classes), n))]
         data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
-        batch = {"filenames": [f"img_{i}.png" for i in range(len(labels))],
-                 "batch_label": split, "fine_labels": labels,
-                 "coarse_labels": [0] * len(labels), "data": data}
+        batch = {
+            "filenames": [f"img_{i}.png" for i in range(len(labels))],
+            "batch_label": split,
+            "fine_labels": labels,
+            "coarse_labels": [0] * len(labels),
+            "data": data,
+        }
         (root / split).write_bytes(pickle_dumps(batch, protocol))
         arrays[split] = (data, np.array(labels))
     names = [f"class_{i}" for i in range(num_classes)]
@@ -98,8 +103,9 @@ def make_cifar(root: Path, num_classes: int = 5, per_class: int = 20, test_per_c
     return arrays
 
 
-def save_image(path: Path, size=(40, 30), color=(200, 30, 60), fmt: str | None = None,
-               mode: str = "RGB", **save_kw) -> Path:
+def save_image(
+    path: Path, size=(40, 30), color=(200, 30, 60), fmt: str | None = None, mode: str = "RGB", **save_kw
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.new(mode, size, color)
     image.save(path, format=fmt, **save_kw)
@@ -135,6 +141,13 @@ def split_list_data(root: Path, names=SPLIT_LIST_NAMES, train_labels=(0, 1, 2) *
         lists[split] = root / f"{split}.txt"
         lists[split].write_text("\n".join(lines) + "\n")
     (root / "classnames.txt").write_text("\n".join(names) + "\n")
-    return {"source": "split-list", "root": str(root / "images"), "lists": str(root), "imbalance_ratio": 1,
-            "classnames": str(root / "classnames.txt"), "train_list": str(lists["train"]),
-            "test_list": str(lists["test"]), "shard_max_samples": 4}
+    return {
+        "source": "split-list",
+        "root": str(root / "images"),
+        "lists": str(root),
+        "imbalance_ratio": 1,
+        "classnames": str(root / "classnames.txt"),
+        "train_list": str(lists["train"]),
+        "test_list": str(lists["test"]),
+        "shard_max_samples": 4,
+    }

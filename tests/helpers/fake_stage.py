@@ -39,14 +39,30 @@ def accuracy(lr, loss):
     return round(90.0 - 1000.0 * abs(lr - 0.01) + (5.0 if loss == "ce" else 0.0), 6)
 
 
-LONGTAIL_STATS = {"dataset": {"classes": 3, "images": 111, "imbalance_ratio": 100.0, "classes_many": 1,
-                              "classes_medium": 1, "classes_few": 1}}
+LONGTAIL_STATS = {
+    "dataset": {
+        "classes": 3,
+        "images": 111,
+        "imbalance_ratio": 100.0,
+        "classes_many": 1,
+        "classes_medium": 1,
+        "classes_few": 1,
+    }
+}
 
 
 def eval_metrics(acc, tte):
     """eval.json as liftplus's evaluate writes it (the keys flows/report.py maps)."""
-    return {"test": {"acc": acc, "acc_mean_class": round(acc - 1.25, 2), "acc_many": round(acc + 2.5, 2),
-                     "acc_medium": round(acc - 4.75, 2), "acc_few": round(acc - 10.5, 2)}, "tte": tte}
+    return {
+        "test": {
+            "acc": acc,
+            "acc_mean_class": round(acc - 1.25, 2),
+            "acc_many": round(acc + 2.5, 2),
+            "acc_medium": round(acc - 4.75, 2),
+            "acc_few": round(acc - 10.5, 2),
+        },
+        "tte": tte,
+    }
 
 
 if stage == "shard":
@@ -65,7 +81,7 @@ elif stage == "train":
 elif stage == "evaluate":
     acc = accuracy(float(params["train"]["lr"]), params["train"]["loss"])
     write("data/metrics/eval.json", json.dumps(eval_metrics(acc, bool(params["evaluate"]["tte"]))))
-    write("data/metrics/per_class.csv", "class,train_count,accuracy\nshoe,100,%s\nsandal,10,%s\n" % (acc + 2.5, acc - 10.5))
+    write("data/metrics/per_class.csv", f"class,train_count,accuracy\nshoe,100,{acc + 2.5}\nsandal,10,{acc - 10.5}\n")
 elif stage == "register":
     write("data/registry/registration.json", json.dumps({"registered": False}))
 else:

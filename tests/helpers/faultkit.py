@@ -15,9 +15,9 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import yaml
@@ -56,8 +56,12 @@ def run_stage(
     """``python -m stages.<stage> args...`` in its own process (from the repository root by default)."""
     done = subprocess.run(
         [sys.executable, "-m", f"stages.{stage}", *map(str, args)],
-        cwd=cwd, env=stage_env(PYTHONPATH=str(REPO), **env), capture_output=True, text=True,
-        timeout=timeout, preexec_fn=preexec_fn,
+        cwd=cwd,
+        env=stage_env(PYTHONPATH=str(REPO), **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=preexec_fn,
     )
     return Outcome(done.returncode, done.stdout, done.stderr)
 

@@ -8,8 +8,8 @@ few SGD steps on the head are enough to learn something.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image
@@ -70,8 +70,7 @@ def write_shards(
     directory = Path(directory)
     total = num_classes * per_class
     samples = [
-        sample(f"{split}{n:05d}", n % num_classes, class_image(n % num_classes, n, size, mode))
-        for n in range(total)
+        sample(f"{split}{n:05d}", n % num_classes, class_image(n % num_classes, n, size, mode)) for n in range(total)
     ]
     return [
         write_tar(directory / f"{split}-{i // per_shard:06d}.tar", samples[i : i + per_shard])

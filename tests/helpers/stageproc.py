@@ -17,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO
 from faultkit import Outcome, stage_env
+
+from bench.common import REPO
 
 _PAUSE_AT = """
 import importlib, runpy, sys, time
@@ -54,8 +55,7 @@ class Background:
         logs.mkdir(parents=True, exist_ok=True)
         self.out_path, self.err_path = logs / f"{name}.out", logs / f"{name}.err"
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen(cmd, cwd=cwd, env=stage_env(), stdout=out, stderr=err,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(cmd, cwd=cwd, env=stage_env(), stdout=out, stderr=err, start_new_session=True)
 
     def wait(self, timeout: float = 300) -> int:
         return self.proc.wait(timeout=timeout)
@@ -82,7 +82,9 @@ class Background:
         deadline = time.monotonic() + timeout
         while not condition():
             if self.proc.poll() is not None:
-                raise AssertionError(f"ended (exit {self.proc.returncode}) before {what}\n{self.stdout[-2000:]}\n{self.stderr[-2000:]}")
+                raise AssertionError(
+                    f"ended (exit {self.proc.returncode}) before {what}\n{self.stdout[-2000:]}\n{self.stderr[-2000:]}"
+                )
             if time.monotonic() > deadline:
                 self.kill()
                 raise AssertionError(f"timed out waiting for {what}")
@@ -97,8 +99,17 @@ class PausedStage(Background):
         name = name or stage
         module, attribute = target.split(":")
         self.ready_path, self.go_path = workdir / f"{name}.ready", workdir / f"{name}.go"
-        command = [sys.executable, "-c", _PAUSE_AT, module, attribute, str(self.ready_path), str(self.go_path),
-                   stage, *map(str, args)]
+        command = [
+            sys.executable,
+            "-c",
+            _PAUSE_AT,
+            module,
+            attribute,
+            str(self.ready_path),
+            str(self.go_path),
+            stage,
+            *map(str, args),
+        ]
         super().__init__(command, REPO, workdir / "logs", name)
 
     def wait_until_paused(self, timeout: float = 240) -> None:
@@ -120,5 +131,17 @@ class PausedStage(Background):
 
 def train_args(params: Path, shards: Path, head: Path, out: Path) -> list:
     """The train stage's options on the fault fixtures, every output under ``out``."""
-    return ["--params", params, "--shards", shards, "--head", head, "--out", out / "model" / "adapter.pt",
-            "--state", out / "state" / "last.pt", "--live", out / "live"]
+    return [
+        "--params",
+        params,
+        "--shards",
+        shards,
+        "--head",
+        head,
+        "--out",
+        out / "model" / "adapter.pt",
+        "--state",
+        out / "state" / "last.pt",
+        "--live",
+        out / "live",
+    ]

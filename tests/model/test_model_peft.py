@@ -180,7 +180,7 @@ def test_vpt_deep_replaces_the_prompt_in_every_block():
         z = blocks[1](y)
         assert z.shape == y.shape
         y_changed = y.clone()
-        y_changed[:, 1:1 + prompt_len] += 5.0  # the previous block's prompt outputs are discarded
+        y_changed[:, 1 : 1 + prompt_len] += 5.0  # the previous block's prompt outputs are discarded
         torch.testing.assert_close(blocks[1](y_changed), z)
     assert all(b.prompt.shape == (prompt_len, D) for b in blocks)
     assert 0.015 < torch.cat([b.prompt for b in blocks]).std().item() < 0.025

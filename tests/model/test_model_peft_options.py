@@ -61,15 +61,18 @@ def test_vit_b16_bottleneck_counts_only_the_tuned_blocks():
     assert default_bottleneck("adaptformer", 1000, 0) is None  # the reference divides by zero
 
 
-@pytest.mark.parametrize("layers, blocks, r", [
-    (1, [3], 32),            # 2 ** floor(log2(100 / 2))
-    (2, [2, 3], 16),         # 2 ** floor(log2(100 / 4))
-    (None, [0, 1, 2, 3], 8),
-    (4, [0, 1, 2, 3], 8),
-    ([0, 2], [0, 2], 16),
-    ([-1], [3], 32),
-    (0, [], None),
-])
+@pytest.mark.parametrize(
+    "layers, blocks, r",
+    [
+        (1, [3], 32),  # 2 ** floor(log2(100 / 2))
+        (2, [2, 3], 16),  # 2 ** floor(log2(100 / 4))
+        (None, [0, 1, 2, 3], 8),
+        (4, [0, 1, 2, 3], 8),
+        ([0, 2], [0, 2], 16),
+        ([-1], [3], 32),
+        (0, [], None),
+    ],
+)
 def test_adaptformer_on_some_blocks_counts_and_places(layers, blocks, r):
     model = _build(peft="adaptformer", peft_layers=layers)
     assert model.bottleneck == r
@@ -89,12 +92,15 @@ def test_every_block_listed_is_the_default_model_bit_for_bit():
     assert "peft_layers" not in ModelConfig(num_classes=10).to_dict()
 
 
-@pytest.mark.parametrize("peft, per_block", [
-    ("full", 4 * D * D + 2 * D * MLP + 9 * D + MLP),
-    ("bitfit", 7 * D + MLP),
-    ("lora", 2 * 2 * D * 8),  # r = 2 ** floor(log2(100 / (2 * 4))) = 8 on 2 blocks
-    ("ssf", 2 * (5 * D + MLP)),
-])
+@pytest.mark.parametrize(
+    "peft, per_block",
+    [
+        ("full", 4 * D * D + 2 * D * MLP + 9 * D + MLP),
+        ("bitfit", 7 * D + MLP),
+        ("lora", 2 * 2 * D * 8),  # r = 2 ** floor(log2(100 / (2 * 4))) = 8 on 2 blocks
+        ("ssf", 2 * (5 * D + MLP)),
+    ],
+)
 def test_other_methods_on_the_last_blocks(peft, per_block):
     model = _build(peft=peft, peft_layers=2)
     assert _tuned_blocks(model) == [2, 3]
@@ -220,15 +226,18 @@ def test_aft_masks_are_the_same_in_every_block_as_the_reference_seeds_each_tenso
 # ------------------------------------------------------------------ checkpoints
 
 
-@pytest.mark.parametrize("config", [
-    {"peft_layers": 2},
-    {"peft_layers": [0, 3], "peft": "lora"},
-    {"peft": ["bitfit", "adaptformer"]},
-    {"peft": "aft", "aft_ratio": 0.02, "aft_loc": "mlp", "aft_seed": 5},
-    {"peft": "aft", "peft_layers": 1},
-    {"peft": ["vpt-deep", "aft"], "peft_layers": [1, 2]},
-    {"classifier": "layernorm"},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"peft_layers": 2},
+        {"peft_layers": [0, 3], "peft": "lora"},
+        {"peft": ["bitfit", "adaptformer"]},
+        {"peft": "aft", "aft_ratio": 0.02, "aft_loc": "mlp", "aft_seed": 5},
+        {"peft": "aft", "peft_layers": 1},
+        {"peft": ["vpt-deep", "aft"], "peft_layers": [1, 2]},
+        {"classifier": "layernorm"},
+    ],
+)
 def test_checkpoint_round_trip_for_each_option(config, tmp_path, images, perturb):
     model = _build(num_classes=12, **config)
     perturb(model)

@@ -21,27 +21,30 @@ def _summary(*args: str) -> dict:
     return json.loads(result.output)
 
 
-@pytest.mark.parametrize("args, tuned, expected", [
-    # AdaptFormer 2dr + r + 3d + 1 on the tuned blocks, r from their count; + K d
-    (["-k", "100", "--layers", "1"], [3], 1 * (2 * D * 32 + 32 + 3 * D + 1) + 100 * D),
-    (["-k", "100", "--layers", "2"], [2, 3], 2 * (2 * D * 16 + 16 + 3 * D + 1) + 100 * D),
-    (["-k", "100"], [0, 1, 2, 3], 4 * (2 * D * 8 + 8 + 3 * D + 1) + 100 * D),
-    (["-k", "100", "--layers", "0,-1"], [0, 3], 2 * (2 * D * 16 + 16 + 3 * D + 1) + 100 * D),
-    # BitFit (7d + mlp) + AdaptFormer, K 100
-    (["-k", "100", "--peft", "bitfit+adaptformer"], [0, 1, 2, 3], 4 * (704 + 1225) + 6400),
-    (["-k", "100", "--peft", "adaptformer,bitfit", "--layers", "1"], [3], 704 + 4321 + 6400),
-    # full (4d^2 + 2 d mlp + 9d + mlp = 49984) with BitFit inside it
-    (["-k", "10", "--peft", "full+bitfit", "--layers", "1"], [3], 49984 + 640),
-    # AFT: sum of int(n * ratio) over the block's weights and biases
-    (["-k", "100", "--peft", "aft", "--aft-ratio", "0.01"], [0, 1, 2, 3], 4 * 491 + 6400),
-    (["-k", "100", "--peft", "aft", "--aft-ratio", "0.01", "--aft-loc", "attn"], [0, 1, 2, 3], 4 * 163 + 6400),
-    (["-k", "100", "--peft", "aft"], [0, 1, 2, 3], 4 * 1598 + 6400),
-    # LoRA 4dr (r 1 at K 10), SSF 2(5d + mlp), VPT r d on chosen blocks
-    (["-k", "10", "--peft", "lora", "--classifier", "linear"], [0, 1, 2, 3], 4 * 256 + 10 * D + 10),
-    (["-k", "10", "--peft", "ssf", "--layers", "3"], [1, 2, 3], 3 * 1152 + 640),
-    (["-k", "100", "--peft", "vpt-deep", "--layers", "1,3"], [1, 3], 2 * 32 * D + 6400),
-    (["-k", "10", "--classifier", "layernorm"], [0, 1, 2, 3], 4 * (2 * D + 1 + 3 * D + 1) + 640),
-])
+@pytest.mark.parametrize(
+    "args, tuned, expected",
+    [
+        # AdaptFormer 2dr + r + 3d + 1 on the tuned blocks, r from their count; + K d
+        (["-k", "100", "--layers", "1"], [3], 1 * (2 * D * 32 + 32 + 3 * D + 1) + 100 * D),
+        (["-k", "100", "--layers", "2"], [2, 3], 2 * (2 * D * 16 + 16 + 3 * D + 1) + 100 * D),
+        (["-k", "100"], [0, 1, 2, 3], 4 * (2 * D * 8 + 8 + 3 * D + 1) + 100 * D),
+        (["-k", "100", "--layers", "0,-1"], [0, 3], 2 * (2 * D * 16 + 16 + 3 * D + 1) + 100 * D),
+        # BitFit (7d + mlp) + AdaptFormer, K 100
+        (["-k", "100", "--peft", "bitfit+adaptformer"], [0, 1, 2, 3], 4 * (704 + 1225) + 6400),
+        (["-k", "100", "--peft", "adaptformer,bitfit", "--layers", "1"], [3], 704 + 4321 + 6400),
+        # full (4d^2 + 2 d mlp + 9d + mlp = 49984) with BitFit inside it
+        (["-k", "10", "--peft", "full+bitfit", "--layers", "1"], [3], 49984 + 640),
+        # AFT: sum of int(n * ratio) over the block's weights and biases
+        (["-k", "100", "--peft", "aft", "--aft-ratio", "0.01"], [0, 1, 2, 3], 4 * 491 + 6400),
+        (["-k", "100", "--peft", "aft", "--aft-ratio", "0.01", "--aft-loc", "attn"], [0, 1, 2, 3], 4 * 163 + 6400),
+        (["-k", "100", "--peft", "aft"], [0, 1, 2, 3], 4 * 1598 + 6400),
+        # LoRA 4dr (r 1 at K 10), SSF 2(5d + mlp), VPT r d on chosen blocks
+        (["-k", "10", "--peft", "lora", "--classifier", "linear"], [0, 1, 2, 3], 4 * 256 + 10 * D + 10),
+        (["-k", "10", "--peft", "ssf", "--layers", "3"], [1, 2, 3], 3 * 1152 + 640),
+        (["-k", "100", "--peft", "vpt-deep", "--layers", "1,3"], [1, 3], 2 * 32 * D + 6400),
+        (["-k", "10", "--classifier", "layernorm"], [0, 1, 2, 3], 4 * (2 * D + 1 + 3 * D + 1) + 640),
+    ],
+)
 def test_counts_agree_with_the_reference_formulas(args, tuned, expected):
     summary = _summary(*args)
     assert summary["tuned_layers"] == tuned
@@ -64,13 +67,16 @@ def test_vit_b16_per_block_formulas():
     assert per_block_formula("aft", d, mlp, None, aft_ratio=1.0) == 7087872 - 4 * d  # all but the two LayerNorms
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--peft", "none+lora"], "none cannot be combined"),
-    (["--peft", "magic+lora"], "--peft is 'magic'"),
-    (["--layers", "x"], "--layers is 'x'"),
-    (["--layers", "9"], "model.peft_layers: 9 is not between 0 and the model's 4 blocks"),
-    (["--aft-ratio", "2", "--peft", "aft"], "--aft-ratio is 2.0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--peft", "none+lora"], "none cannot be combined"),
+        (["--peft", "magic+lora"], "--peft is 'magic'"),
+        (["--layers", "x"], "--layers is 'x'"),
+        (["--layers", "9"], "model.peft_layers: 9 is not between 0 and the model's 4 blocks"),
+        (["--aft-ratio", "2", "--peft", "aft"], "--aft-ratio is 2.0"),
+    ],
+)
 def test_bad_options_are_one_line_errors(args, message):
     app = typer.Typer()
     app.command()(peft_summary)
