@@ -1,6 +1,6 @@
 # One idempotent set-up, then the main job or the tests.
 #   make run    set up, then `dvc repro` on the embedded default
-#   make test   set up, then the test suite
+#   make test   set up, lint (ruff), then the test suite
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -45,7 +45,7 @@ lock: $(STAMP)
 run: setup
 	dvc repro
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q
 
 # The fast lane: everything but the end-to-end, DDP, compile and bench-smoke tests.
