@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 from liftplus.data.manifest import read_manifest, verify_checksums
 from liftplus.errors import OutputError, exit_on_error
@@ -127,6 +128,8 @@ def ended_after(live, live_dir: str) -> Iterator[None]:
         raise
     with log_writes(live_dir, "training is done and its state saved; fix it and rerun to write the weights"):
         live.end()
+        # A run that trains no epoch (zero-shot) logs no curve; dvc.yaml still declares the folder.
+        (Path(live_dir) / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
 
 
 @exit_on_error

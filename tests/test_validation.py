@@ -345,3 +345,11 @@ def test_val_asked_for_shards_without_a_val_split_is_an_error(project):
         resolved_validation(TrainParams(validation="val"), manifest)
     with_val = json.loads((project["with_val"][1] / "manifest.json").read_text())
     assert resolved_validation(TrainParams(), with_val) == "val"
+
+
+def test_zero_shot_stage_writes_the_log_folders_dvc_declares(project):
+    """Zero-shot trains no epoch and logs no curve; the outputs dvc.yaml declares exist all the same."""
+    out = run_train(project, "no_val", "zero-shot", method="zs", epochs=None, validation="none")
+    assert (out / "live" / "plots" / "metrics").is_dir()
+    assert (out / "live" / "metrics.json").is_file()
+    assert torch.load(out / "adapter.pt", weights_only=True)["extra"]["method"] == "zs"
