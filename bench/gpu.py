@@ -277,7 +277,7 @@ class Arms:
 
     def stream_indices(self, batch: int, batches: int) -> list[int]:
         """Dataset indices for ``batches`` full batches: the photos over and over (the sampler shuffles them)."""
-        n = self.plan["images"]
+        n = sum(self.plan["class_counts"])  # the train shards' samples (the flat folder's test hold-out is not in them)
         return [i % n for i in range(batch * batches)]
 
     def our_step(self, model, loss_fn) -> Callable:
