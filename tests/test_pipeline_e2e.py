@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from pipeline_project import learnable_fashion_mnist, make_project, run
@@ -80,6 +84,46 @@ def test_plots_page_renders_without_internet(reproduced, tmp_path):
     page = (tmp_path / "plots" / "index.html").read_text()
     assert "vegaEmbed(" in page and "class_counts_csv" in page and "per_class_csv" in page
     assert "<script src=" not in page and "cdn.jsdelivr" not in page
+
+    charts = re.findall(r"vegaEmbed\('#([^']+)'", page)
+    assert {
+        "dvclive_train_plots_metrics_val_acc_mean_class_tsv",
+        "dvclive_train_plots_metrics_fit_loss_tsv",
+        "data_metrics_per_class_csv",
+    } <= set(charts), charts
+    drawn = drawn_charts(tmp_path / "plots" / "index.html", tmp_path / "chromium", charts)
+    assert drawn == dict.fromkeys(charts, True), "every chart draws, offline, in a real browser"
+
+
+def drawn_charts(page: Path, profile: Path, charts: list[str]) -> dict[str, bool]:
+    """Each chart's div as headless Chromium leaves the page (no network): True when vega drew an SVG in it."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    dom = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    ).stdout
+    starts = sorted((dom.find(f'<div id="{chart}"'), chart) for chart in charts)
+    ends = [start for start, _ in starts[1:]] + [len(dom)]
+    return {chart: start >= 0 and "<svg" in dom[start:end] for (start, chart), end in zip(starts, ends)}
 
 
 def test_rerun_on_a_finished_state_keeps_the_weights_and_the_curves(reproduced):
