@@ -315,6 +315,22 @@ def fit(
         for log in history:
             on_epoch(log)
 
+    def save(at_epoch: int, at_step: int) -> None:
+        """The run's state with ``at_epoch`` epochs done and ``at_step`` optimizer steps into the next."""
+        save_state(
+            state_path,
+            epoch=at_epoch,
+            step=at_step,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            cfg=cfg,
+            history=history,
+            step_losses=step_losses,
+            best=best,
+        )
+
     step_model = model
     if dist_info.world > 1:
         step_model = nn.parallel.DistributedDataParallel(
@@ -401,19 +417,7 @@ def fit(
 
             if last_of_step and stop_requested(stop, dist_info, device):
                 if dist_info.is_main:
-                    save_state(
-                        state_path,
-                        epoch=epoch,
-                        step=step,
-                        model=model,
-                        optimizer=optimizer,
-                        scheduler=scheduler,
-                        scaler=scaler,
-                        cfg=cfg,
-                        history=history,
-                        step_losses=step_losses,
-                        best=best,
-                    )
+                    save(epoch, step)
                 bar.close()
                 why = f"signal {stop.signal}" if stop.signal is not None else "a signal to another rank"
                 raise Interrupted(
@@ -440,19 +444,7 @@ def fit(
         if log.validation is not None and best_epoch(history) is log:
             best = {"epoch": log.epoch, "score": log.validation[BEST_BY], "trainable": cpu_trainable_state(model)}
         if dist_info.is_main:
-            save_state(
-                state_path,
-                epoch=epoch + 1,
-                step=0,
-                model=model,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                scaler=scaler,
-                cfg=cfg,
-                history=history,
-                step_losses=step_losses,
-                best=best,
-            )
+            save(epoch + 1, 0)
             if on_epoch is not None:
                 on_epoch(log)
     if cfg.keep == "best" and best is not None:

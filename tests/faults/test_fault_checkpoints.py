@@ -22,6 +22,7 @@ from faultkit import (
     write_params,
 )
 from PIL import Image
+from stageproc import train_args
 from typer.testing import CliRunner
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -34,21 +35,7 @@ def evaluate(params: Path, shards: Path, model: Path, tmp_path: Path):
 
 def train(params: Path, shards: Path, head: Path, tmp_path: Path):
     out = tmp_path / "out"
-    return invoke(
-        "train",
-        "--params",
-        params,
-        "--shards",
-        shards,
-        "--head",
-        head,
-        "--out",
-        out / "model" / "adapter.pt",
-        "--state",
-        out / "state" / "last.pt",
-        "--live",
-        out / "live",
-    )
+    return invoke("train", *train_args(params, shards, head, out))
 
 
 def backbone_file(path: Path, seed: int) -> Path:

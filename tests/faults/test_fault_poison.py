@@ -12,6 +12,7 @@ import pytest
 import torch
 from faultkit import assert_nothing_left, assert_one_line_error, invoke, run_stage, write_params
 from PIL import Image
+from stageproc import train_args
 from typer.testing import CliRunner
 
 POISONED_KEY = "head.weight"
@@ -26,21 +27,7 @@ def poisoned_copy(checkpoint: Path, dest: Path, value: float = float("nan")) -> 
 
 
 def train(params: Path, shards: Path, head: Path, out: Path):
-    return invoke(
-        "train",
-        "--params",
-        params,
-        "--shards",
-        shards,
-        "--head",
-        head,
-        "--out",
-        out / "model" / "adapter.pt",
-        "--state",
-        out / "state" / "last.pt",
-        "--live",
-        out / "live",
-    )
+    return invoke("train", *train_args(params, shards, head, out))
 
 
 # --- training that diverges -------------------------------------------------------

@@ -20,21 +20,7 @@ def test_nan_loss_stops_training(tmp_path, params_file, shards, head):
     """A huge learning rate blows the adapters' weights up; the cosine head alone would keep logits finite."""
     params = write_params(tmp_path / "params.yaml", params_file, train={"lr": 1e30})
     out = tmp_path / "out"
-    done = invoke(
-        "train",
-        "--params",
-        params,
-        "--shards",
-        shards,
-        "--head",
-        head,
-        "--out",
-        out / "model" / "adapter.pt",
-        "--state",
-        out / "state" / "last.pt",
-        "--live",
-        out / "live",
-    )
+    done = invoke("train", *train_args(params, shards, head, out))
     assert_one_line_error(done, "train: loss is nan at epoch 1, batch ", "(lr 1e+30); lower train.lr")
     assert not (out / "model").exists() and not (out / "state").exists()
     assert temp_leftovers(out) == []
@@ -140,21 +126,7 @@ def test_disk_full_when_the_training_log_starts(tmp_path, monkeypatch, params_fi
 
     monkeypatch.setattr(dvclive.live, "get_dvc_repo", full_disk)
     out = tmp_path / "out"
-    done = invoke(
-        "train",
-        "--params",
-        params_file,
-        "--shards",
-        shards,
-        "--head",
-        head,
-        "--out",
-        out / "model" / "adapter.pt",
-        "--state",
-        out / "state" / "last.pt",
-        "--live",
-        out / "live",
-    )
+    done = invoke("train", *train_args(params_file, shards, head, out))
     assert_one_line_error(done, f"{out / 'live'}: cannot start the DVCLive training log (disk I/O error)")
     assert not (out / "model").exists() and not (out / "state").exists()
     assert temp_leftovers(out) == []
