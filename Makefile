@@ -15,7 +15,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup run test test-fast lint lock bench dag plots
+.PHONY: setup run test test-fast lint lock bench dag plots exps
 setup: $(STAMP) $(FASHION_MNIST) .dvc/config .dvc/plots/offline.html
 	@dvc config core.analytics false && dvc config core.check_update false
 	@dvc config --local plots.html_template plots/offline.html
@@ -64,3 +64,7 @@ dag: setup
 
 plots: setup
 	dvc plots show -o plots
+
+# Experiments side by side in 120 columns: test accuracies and the params that differ.
+exps: setup
+	dvc exp show --no-pager --only-changed --drop 'Created|fit\..*|val\..*|.*/.*'

@@ -308,7 +308,7 @@ def liftplus_pipeline(
     force: bool = False,
     repo: str = ".",
     retries: int = DEFAULT_RETRIES,
-    retry_delay_seconds: list[float] = None,
+    retry_delay_seconds: Optional[list[float]] = None,
 ) -> dict[str, Any]:
     """Run the DVC pipeline stage by stage (or as one experiment with ``set_params``).
 

@@ -257,7 +257,9 @@ def load_torch(path: str | Path, what: str, then: str = "") -> Any:
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's text for it suggests weights_only=False: never here
+    except pickle.UnpicklingError as exc:  # torch's text for it suggests weights_only=False: never here
+        if "GLOBAL" not in str(exc).upper():  # bytes that are no pickle at all, not a refused object
+            raise CheckpointError(f"{path}: corrupt or not a {what} (not a torch file){then}") from None
         raise CheckpointError(
             f"{path}: refused, holds objects other than tensors and plain types (weights_only load)"
         ) from None

@@ -328,15 +328,18 @@ def _latest_in_stage(candidates: list[ModelVersion], stage: str, repo: str | Pat
     return candidates[-1]
 
 
-def cached_file(md5: str, repo: str | Path) -> Path:
-    """Where the repo's DVC cache keeps the file with this md5, as DVC itself says: its cache
-    may be configured elsewhere (``dvc cache dir``), and its layout is DVC's to change."""
+def cached_file(md5: str, repo: str | Path) -> Optional[Path]:
+    """Where the repo's DVC cache keeps the file with this md5, as DVC itself says (its cache may
+    be configured elsewhere, and its layout is DVC's to change); None when ``repo`` is no DVC repo."""
+    from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
     try:
         with Repo(str(repo)) as dvc_repo:
             return Path(dvc_repo.cache.local.oid_to_path(md5))
-    except Exception as exc:  # not a DVC repo, a broken config: DVC raises many types
+    except NotDvcRepoError:
+        return None
+    except Exception as exc:  # a broken config or cache: DVC raises many types
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{repo}: cannot open its DVC cache ({reason})") from None
 
@@ -360,13 +363,13 @@ def resolve_model(
     if not version.md5:
         raise CheckpointError(f"model '{text}': tag {version.tag} does not record the model's md5")
     candidate = cached_file(version.md5, repo)
-    if candidate.is_file():
+    if candidate is not None and candidate.is_file():
         return candidate
     if version.path:
         in_repo = Path(repo) / version.path
         if in_repo.is_file() and md5_file(in_repo) == version.md5:
             return in_repo
     raise CheckpointError(
-        f"model '{text}': {version.tag} (md5 {version.md5}) is not in the DVC cache ({candidate}); "
+        f"model '{text}': {version.tag} (md5 {version.md5}) is not in the DVC cache ({candidate or 'no DVC repository here'}); "
         f"`dvc pull` or `dvc repro` it"
     )
