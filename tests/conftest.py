@@ -19,3 +19,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+STAGE_LEVEL = ("faults", "flows")
+"""Folders whose every test runs real stages, processes or a Prefect API: the slow lane."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(part in STAGE_LEVEL for part in item.path.relative_to(config.rootpath / "tests").parts[:-1]):
+            item.add_marker(pytest.mark.slow)
