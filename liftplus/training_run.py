@@ -33,6 +33,9 @@ from liftplus.params import Params, TrainParams
 from liftplus.runtime import Distributed, distributed_from_env, pick_device
 from liftplus.train import RunConfig, Validation, code_fingerprint, run_fingerprint
 
+PLAIN_EXPAND = 0
+"""The class-mean and linear-probe inits resize to the resolution itself (the reference's
+``Resize(res) + CenterCrop(res)``), not to the test transform's ``res + res // 7``."""
 INIT_IMAGES_PER_CLASS = 100
 """Images per class for the class-mean and linear-probe inits (the reference's DownSampler)."""
 
@@ -244,9 +247,14 @@ def init_features(
     hand_off: str,
     samples: Optional[Sequence[int]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image features of up to 100 training images (of ``samples``, None: all) per class, test-transformed."""
+    """Image features of up to 100 training images (of ``samples``, None: all) per class.
+
+    Seen as the reference's ``transform_plain`` sees them: the short side resized to the
+    resolution (no expand), then the centre crop.
+    """
     pre = model.preprocess
-    dataset = ShardIndex(train_shards, eval_input(hand_off, pre.image_size, pre.mean, pre.std), num_classes)
+    plain = eval_input(hand_off, pre.image_size, pre.mean, pre.std, expand=PLAIN_EXPAND)
+    dataset = ShardIndex(train_shards, plain, num_classes)
     generator = torch.Generator().manual_seed(train.seed)
     allowed = None if samples is None else set(samples)
     by_class: dict[int, list[int]] = {}

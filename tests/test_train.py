@@ -447,3 +447,35 @@ def test_code_fingerprint_follows_the_source(tmp_path):
     losses = copy / "losses.py"
     losses.write_text(losses.read_text() + "\n# an edit\n")
     assert digest_of_copy() != code_fingerprint()
+
+
+def test_class_mean_and_probe_inits_see_images_as_the_reference_transform_plain(shards, monkeypatch):
+    """The reference's init dataset: Resize(res) + CenterCrop(res), not the test transform's res + res // 7."""
+    from PIL import Image
+
+    from liftplus import training_run
+    from liftplus.data.images import open_image
+    from liftplus.params import TrainParams
+
+    seen = {}
+
+    def capture(model, dataset, indices, *args, **kwargs):
+        seen.update(dataset=dataset, indices=indices)
+        return torch.zeros(len(indices), 64), torch.zeros(len(indices), dtype=torch.long)
+
+    monkeypatch.setattr(training_run, "predict_features", capture)
+    model = make_model()
+    training_run.init_features(model, shards, NUM_CLASSES, TrainParams(workers=0), CPU, "float")
+    dataset, index = seen["dataset"], seen["indices"][0]
+    got, _ = dataset[(0, index)]
+
+    sample = dataset.samples[index]
+    with open(shards[sample.shard], "rb") as f:
+        f.seek(sample.offset)
+        image = open_image(f.read(sample.size), sample.ext).convert("RGB")
+    pre = model.preprocess
+    res = pre.image_size
+    assert min(image.size) > res  # the shards' 36-px images: a resize to res is not the identity
+    plain = image.resize((res, res), Image.Resampling.BICUBIC)  # square images: Resize(res) + CenterCrop(res)
+    expected = torch.tensor(list(plain.getdata()), dtype=torch.uint8).view(res, res, 3).permute(2, 0, 1)
+    assert torch.equal(got, expected)  # uint8 crops; the batch is normalised later, in the worker
