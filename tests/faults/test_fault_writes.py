@@ -94,18 +94,7 @@ def test_disk_full_while_writing_checkpoint(tmp_path, params_file, shards, head)
     out = tmp_path / "out"
     done = run_stage(
         "train",
-        "--params",
-        params_file,
-        "--shards",
-        shards,
-        "--head",
-        head,
-        "--out",
-        out / "model" / "adapter.pt",
-        "--state",
-        out / "state" / "last.pt",
-        "--live",
-        out / "live",
+        *train_args(params_file, shards, head, out),
         cwd=tmp_path,
         preexec_fn=limit_file_size(4096),
     )

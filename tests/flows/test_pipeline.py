@@ -97,6 +97,19 @@ def test_up_to_date_pipeline_starts_no_dvc_process(prefect_api, fake_project, mo
     assert started == [], "one in-process dvc status decided; no `dvc repro` per stage"
 
 
+def pipeline_command(project, env) -> subprocess.CompletedProcess:
+    """``python -m flows.pipeline --repo project`` as a user types it; stdout and stderr together."""
+    return subprocess.run(
+        [sys.executable, "-m", "flows.pipeline", "--repo", str(project)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_command_line_failure_ends_with_the_stage_error_line_and_no_traceback(fake_project, tmp_path):
     write_params(fake_project, fake={"fail_validate": True})
     env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
@@ -105,15 +118,7 @@ def test_command_line_failure_ends_with_the_stage_error_line_and_no_traceback(fa
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
         PYTHONPATH=str(PROJECT_ROOT),
     )
-    run = subprocess.run(
-        [sys.executable, "-m", "flows.pipeline", "--repo", str(fake_project)],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300,
-    )
+    run = pipeline_command(fake_project, env)
     line = "error: validate: class 'sandal' has 0 training images, expected at least 1"
     lines = run.stdout.splitlines()
     assert run.returncode == 1, run.stdout
@@ -136,15 +141,7 @@ def test_command_line_no_op_starts_no_flow_run(prefect_api, fake_project, tmp_pa
     before = stage_calls()
     env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(PROJECT_ROOT))
-    run = subprocess.run(
-        [sys.executable, "-m", "flows.pipeline", "--repo", str(fake_project)],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300,
-    )
+    run = pipeline_command(fake_project, env)
     assert run.returncode == 0, run.stdout
     assert run.stdout.splitlines()[-1] == "pipeline: every stage is up to date (dvc status); no flow run started"
     assert "temporary server" not in run.stdout.lower() and "Flow run" not in run.stdout, run.stdout
