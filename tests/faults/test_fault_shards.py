@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from faultkit import assert_nothing_left, assert_one_line_error, invoke, write_params
+from stageproc import train_args
 
 
 def copy_shards(shards: Path, tmp_path: Path) -> Path:
@@ -47,21 +48,13 @@ def relabel(path: Path, sample: int, label: bytes) -> str:
 
 def run(stage: str, params: Path, shards: Path, tmp_path: Path, head: Path, checkpoint: Path):
     out = tmp_path / "out"
+    inputs = ["--params", params, "--shards", shards]
     args = {
-        "validate": ["--out", out / "stats"],
-        "train": [
-            "--head",
-            head,
-            "--out",
-            out / "model" / "adapter.pt",
-            "--state",
-            out / "state" / "last.pt",
-            "--live",
-            out / "live",
-        ],
-        "evaluate": ["--model", checkpoint, "--out", out / "metrics"],
+        "validate": [*inputs, "--out", out / "stats"],
+        "train": train_args(params, shards, head, out),
+        "evaluate": [*inputs, "--model", checkpoint, "--out", out / "metrics"],
     }[stage]
-    return invoke(stage, "--params", params, "--shards", shards, *args), out
+    return invoke(stage, *args), out
 
 
 @pytest.mark.parametrize("stage, split", [("validate", "train"), ("train", "train"), ("evaluate", "test")])
