@@ -35,7 +35,7 @@ from liftplus.train import RunConfig, Validation, code_fingerprint, run_fingerpr
 
 PLAIN_EXPAND = 0
 """The class-mean and linear-probe inits resize to the resolution itself (the reference's
-``Resize(res) + CenterCrop(res)``), not to the test transform's ``res + res // 7``."""
+``Resize(res) + CenterCrop(res)``), not to the test transform's larger short side (eval_resize)."""
 INIT_IMAGES_PER_CLASS = 100
 """Images per class for the class-mean and linear-probe inits (the reference's DownSampler)."""
 
