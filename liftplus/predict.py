@@ -172,12 +172,11 @@ class ModelSource:
 def model_source(reference: str, repo: str | Path = ".") -> ModelSource:
     """A checkpoint file as given, or a registered version or stage (``v0.0.1``, ``NAME@v0.0.1``,
     ``prod``, ``NAME#prod``, ``latest``) resolved through the registry."""
-    from liftplus.registry import find_version, resolve_model
+    from liftplus.registry import resolve_version
 
-    if Path(reference).is_file():
-        return ModelSource(Path(reference), reference)
-    checkpoint = resolve_model(reference, repo)  # a path-like name that is no file: one line
-    version = find_version(reference, repo)
+    checkpoint, version = resolve_version(reference, repo)  # a path-like name that is no file: one line
+    if version is None:
+        return ModelSource(checkpoint, reference)
     return ModelSource(checkpoint, version_label(reference, version), version)
 
 

@@ -349,14 +349,24 @@ def resolve_model(
     repo: str | Path = ".",
     name: Optional[str] = None,
 ) -> Path:
-    """A model file from a path (returned as is) or a registered version or stage.
+    """A model file from a path (returned as is) or a registered version or stage."""
+    return resolve_version(version_or_path, repo, name)[0]
+
+
+def resolve_version(
+    version_or_path: str | Path,
+    repo: str | Path = ".",
+    name: Optional[str] = None,
+) -> tuple[Path, Optional[ModelVersion]]:
+    """:func:`resolve_model`'s file and the registered version it is (None for a file path),
+    from one look at the registry's tags.
 
     A version's file is looked up by the md5 in its tag: first in the repo's DVC
     cache, then at its recorded path in the repo if that file still has the same md5.
     """
     text = str(version_or_path)
     if Path(text).is_file():
-        return Path(text)
+        return Path(text), None
     if isinstance(version_or_path, Path) or _looks_like_path(text):
         raise CheckpointError(f"{text}: model file not found")
     version = find_version(text, repo, name)
@@ -364,11 +374,11 @@ def resolve_model(
         raise CheckpointError(f"model '{text}': tag {version.tag} does not record the model's md5")
     candidate = cached_file(version.md5, repo)
     if candidate is not None and candidate.is_file():
-        return candidate
+        return candidate, version
     if version.path:
         in_repo = Path(repo) / version.path
         if in_repo.is_file() and md5_file(in_repo) == version.md5:
-            return in_repo
+            return in_repo, version
     raise CheckpointError(
         f"model '{text}': {version.tag} (md5 {version.md5}) is not in the DVC cache ({candidate or 'no DVC repository here'}); "
         f"`dvc pull` or `dvc repro` it"

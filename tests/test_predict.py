@@ -298,12 +298,11 @@ def registry(trained, monkeypatch):
     asked = []
     fake = type("Fake", (), {"version": fake_version(stages=["prod"], acc=50.0, tte=False)})
 
-    def fake_resolve(reference, repo="."):
+    def fake_resolve(reference, repo=".", name=None):
         asked.append(reference)
-        return trained[1]
+        return trained[1], fake.version
 
-    monkeypatch.setattr(liftplus.registry, "resolve_model", fake_resolve)
-    monkeypatch.setattr(liftplus.registry, "find_version", lambda reference, repo=".", name=None: fake.version)
+    monkeypatch.setattr(liftplus.registry, "resolve_version", fake_resolve)
     fake.asked = asked
     return fake
 
