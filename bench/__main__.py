@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.common import OFFLINE_ENV, BenchContext
+from bench.common import BenchContext, offline_env
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_JSON = BENCH_DIR / "results.json"
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from liftplus.io import write_json, write_text
 
     args = parse_args(argv)
-    os.environ.update(OFFLINE_ENV)
+    os.environ.update(offline_env())
     started = time.perf_counter()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="liftplus-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -5,19 +5,16 @@ from __future__ import annotations
 import io
 import re
 import sys
-from pathlib import Path
 
 import pytest
+from faultkit import invoke, run_stage, write_params
+from pipeline_project import learnable_fashion_mnist
 
 import liftplus.progress as progress_module
 from liftplus.data.sharding import _shown
 from liftplus.data.sources import Record
 from liftplus.progress import Progress, clock_text, eta_text, line_interval
 from liftplus.train import training_line
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "faults"))
-from faultkit import invoke, run_stage, write_params
-from pipeline_project import learnable_fashion_mnist
 
 
 class FakeClock:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import json
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from faultkit import invoke, write_params
 from shard_tars import class_image, write_shards
-from test_train import CountingLoss, assert_bitwise_equal, make_model, one_thread, preprocess, run_config  # noqa: F401
+from train_kit import CountingLoss, assert_bitwise_equal, make_model, one_thread, preprocess, run_config  # noqa: F401
 
 from liftplus.data.loader import ShardIndex
 from liftplus.data.transforms import test_transform as eval_transform
@@ -25,9 +25,6 @@ from liftplus.errors import DataError, TrainingError
 from liftplus.params import TrainParams, load_params, resolved_train
 from liftplus.train import Interrupted, StopRequest, Validation, best_epoch, fit, trainable_state
 from liftplus.training_run import holdout_indices, prepare_training, resolved_validation
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "faults"))
-from faultkit import invoke, write_params
 
 NUM_CLASSES, EPOCHS = 4, 3
 METRICS = ("acc", "acc_mean_class", "acc_many", "acc_medium", "acc_few")
