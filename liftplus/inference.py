@@ -12,7 +12,7 @@ from torch import nn
 from liftplus.data.input_path import finish_batch
 from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
 from liftplus.progress import Progress
-from liftplus.runtime import autocast_dtype
+from liftplus.runtime import autocast_dtype, half_weights, to_half_weights
 
 
 @torch.inference_mode()
@@ -75,8 +75,14 @@ def predict_logits(
     progress: bool = True,
     prefetch: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (TTE-averaged for stacked crops) and labels of every sample, in dataset order."""
+    """Logits (TTE-averaged for stacked crops) and labels of every sample, in dataset order.
+
+    ``precision`` fp16 on CUDA converts ``model`` to fp16 weights in place (see :func:`to_half_weights`).
+    """
     model.to(device).eval()
+    if half_weights(precision, device):
+        to_half_weights(model)
+        precision = "fp32"  # the weights are fp16 already: no autocast on top
     return run_inference(
         model, dataset, batch_size, workers, device, precision, progress, "evaluate", prefetch=prefetch
     )

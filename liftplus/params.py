@@ -209,7 +209,9 @@ class EvaluateParams(_Section):
     )
     batch_size: int = Field(256, gt=0)
     workers: int = Field(2, ge=0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="CUDA only: auto = bf16 autocast; fp16 = fp16 weights, LayerNorms fp32 (the reference's test)"
+    )
     input: Literal["auto", "float", "uint8", "encoded"] = Field(
         "auto", description="what loader workers hand over; auto: uint8 on CUDA, float elsewhere"
     )

@@ -31,6 +31,7 @@ from liftplus.data.images import (
 )
 from liftplus.data.transforms import eval_resize, test_transform, to_rgb, tte_transform
 from liftplus.errors import DataError, OutputError, ParamsError
+from liftplus.inference import forward_crops
 from liftplus.io import csv_text, write_json, write_text
 from liftplus.model.build import LiftModel
 from liftplus.model.checkpoint import checkpoint_classnames, model_from_checkpoint
@@ -90,17 +91,9 @@ class Predictor:
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Float logits ``[B, K]`` of transformed images ``[B, C, H, W]``, or of crops
         ``[B, n, C, H, W]`` averaged over the crops (as the reference's TTE)."""
-        images = images.to(self.device)
-        crops = images.dim() == 5
-        if crops:
-            batch, n = images.shape[:2]
-            images = images.flatten(0, 1)
         amp_dtype = autocast_dtype(self.precision, self.device)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = self.model(images).float()
-        if crops:
-            out = out.view(batch, n, -1).mean(dim=1)
-        return out.cpu()
+        with torch.inference_mode():
+            return forward_crops(self.model, images.to(self.device), amp_dtype).cpu()
 
     def probabilities(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Softmax probabilities ``[B, K]`` of PIL images."""

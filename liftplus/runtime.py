@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from liftplus.errors import TrainingError
 
@@ -40,6 +41,32 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     if device.type != "cuda" or precision == "fp32":
         return None
     return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def half_weights(precision: str, device: torch.device) -> bool:
+    """Whether evaluation runs the reference's test precision: ``fp16`` on CUDA means fp16 *weights*
+    (its ``model.half()``), not fp16 autocast; training's ``fp16`` stays autocast + GradScaler (its ``amp``)."""
+    return precision == "fp16" and device.type == "cuda"
+
+
+def to_half_weights(model: nn.Module) -> nn.Module:
+    """``model``, in place, as the reference's ``model.half()`` leaves its PEFT model: every floating
+    tensor in fp16 except the LayerNorms', which stay fp32, compute in fp32 and return their input's
+    dtype (its ``NonHalfLayerNorm``)."""
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.float()
+            module.forward = _in_fp32(module.forward)
+        else:
+            module._apply(lambda t: t.half() if t.is_floating_point() else t, recurse=False)
+    return model
+
+
+def _in_fp32(forward):
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return forward(x.float()).to(x.dtype)
+
+    return run
 
 
 def set_determinism(seed: int, deterministic: bool) -> None:
