@@ -132,4 +132,6 @@ def samples_per_second_after_first(batches: Iterable, count: Callable[[object], 
     started = time.perf_counter()
     seen = sum(count(batch) for batch in iterator)
     elapsed = time.perf_counter() - started
+    if not seen:
+        raise ValueError("samples_per_second_after_first: a single batch, nothing left to time (use more samples)")
     return seen / elapsed, seen

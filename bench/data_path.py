@@ -48,13 +48,9 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from bench.common import BenchContext, ratio
-from bench.photos import PHOTO_COUNT, QUICK_PHOTO_COUNT, photo_folder
+from bench.photos import PHOTO_COUNT, QUICK_PHOTO_COUNT, photo_folder, shard_photos
 from liftplus.data.input_path import finish_batch, train_input
 from liftplus.data.loader import EpochBatchSampler, ShardIndex, index_shard, make_loader
-from liftplus.data.manifest import read_manifest, shard_paths
-from liftplus.data.sharding import shard_source
-from liftplus.data.sources import open_source
-from liftplus.params import DataParams
 
 RES = 224
 BATCH = 32
@@ -96,20 +92,6 @@ FIGURES = {
     "data_path_jpeg_bytes_per_image": "JPEG shards: bytes per image (256 px short side, quality 95)",
     "data_path_images": "synthetic 500x375 JPEG photos (quality 90) read per pass",
 }
-
-
-def shard_photos(photos: Path, out_dir: Path, max_short_side: int, store: str = "encoded") -> list[Path]:
-    """The photo folder as liftplus shards (``data.source: imagefolder``); the train shard paths.
-
-    The flat folder gets the source's test hold-out, so the train shards hold 80 % of the
-    photos the ImageFolder baseline reads: the figures compared are rates per sample."""
-    if not (out_dir / "manifest.json").is_file():
-        data = DataParams(
-            source="imagefolder", root=str(photos), max_short_side=max_short_side, store=store, imbalance_ratio=1
-        )
-        out_dir.mkdir(parents=True, exist_ok=True)
-        shard_source(open_source(data), data.source, out_dir, data.shard_max_samples, data.shard_max_bytes, data.store)
-    return shard_paths(read_manifest(out_dir / "manifest.json"), out_dir, "train")
 
 
 def our_batches(shards: list[Path], hand_off: str, seed: int, resize: str = "pil") -> Iterable:

@@ -15,8 +15,7 @@ import argparse
 from pathlib import Path
 
 from bench.common import BenchContext, report, run_child, timed
-from bench.data_path import shard_photos
-from bench.photos import photo_folder
+from bench.photos import photo_folder, shard_photos
 
 MODEL = "ViT-B-16"
 NUM_CLASSES = 1000

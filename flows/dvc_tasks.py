@@ -1,11 +1,20 @@
 """Run DVC commands for Prefect tasks.
 
 Every line DVC (or a stage it runs) prints goes to the Prefect run logger as it
-arrives. A failed command becomes :class:`DvcCommandFailed`, classified as
-*transient* (worth a retry: a signal, an I/O error, DVC's repo lock held by
-another process) or *permanent* (our stages' ``error: ...`` convention for bad
-params, data or validation; DVC rejecting the pipeline itself), so that a
-task's ``retry_condition_fn`` can retry only what a retry can fix.
+arrives; that is all DVC's prose is used for. What the flows decide or report
+comes from structure: each command runs through ``flows/dvc_run.py``, which
+records the stage commands DVC starts (stage, times, exit status) and whether
+DVC's lock stopped it (by exception type); what a stage's outcome was comes from
+those records, the stage's entry in ``dvc.lock`` before and after, and a ``dvc
+status`` through DVC's Python API; experiment names are chosen by the flows
+(``--name``), never read back. A DVC release that rewords its messages changes
+the log, not a decision.
+
+A failed command becomes :class:`DvcCommandFailed`, classified as *transient*
+(worth a retry: a signal, an I/O error, DVC's repo lock held by another process)
+or *permanent* (our stages' ``error: ...`` convention for bad params, data or
+validation; DVC rejecting the pipeline itself), so that a task's
+``retry_condition_fn`` can retry only what a retry can fix.
 """
 
 from __future__ import annotations
@@ -16,30 +25,29 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from liftplus import offline
 
 STAGE_ERROR_PREFIX = "error: "
 """How a liftplus stage reports a problem the user must fix (``liftplus.errors.exit_on_error``)."""
 
-_RAN = re.compile(r"^Running stage '(?P<stage>[^']+)':")
-_UP_TO_DATE = re.compile(r"^Stage '(?P<stage>[^']+)' didn't change, skipping")
-_RESTORED = re.compile(r"^Stage '(?P<stage>[^']+)' is cached - skipping run")
-_STAGE_EXIT = re.compile(r"failed to run: .*, exited with (?P<code>-?\d+)\s*$")
-_FAILED_STAGE = re.compile(r"failed to reproduce '(?P<stage>[^']+)'")
-_EXPERIMENT = re.compile(r"^(?:Reproducing|Queued) experiment '(?P<name>[^']+)'")
+DVC_RUN = Path(__file__).with_name("dvc_run.py")
+"""Runs one dvc command and reports its stage commands and a held lock as JSON (see its docstring)."""
+LOCK_FILE = "dvc.lock"
 
-LOCK_HELD = "Unable to acquire lock"
 TRANSIENT_TEXT = re.compile(
+    # The operating system's words (strerror) and our stages' ``error: <Exception>:`` lines,
+    # as a stage's output carries them; none of it is DVC's wording.
     "|".join(
         [
-            re.escape(LOCK_HELD),
-            r"is busy, it is being blocked by",
             r"Input/output error",
             r"Resource temporarily unavailable",
             r"Stale file handle",
@@ -117,11 +125,23 @@ def quiet_expected_failures(loggers: Iterable[str] = ("prefect.task_runs", "pref
 
 
 @dataclass(frozen=True)
+class StageRun:
+    """One stage command DVC started (``flows/dvc_run.py`` records it): ``returncode`` None if it never ended."""
+
+    stage: str
+    started: float
+    ended: float | None
+    returncode: int | None
+
+
+@dataclass(frozen=True)
 class DvcResult:
     command: tuple[str, ...]
     returncode: int
     output: str
     """stdout, or stdout and stderr interleaved when they were merged."""
+    stage_runs: tuple[StageRun, ...] = ()
+    """The stage commands DVC started, in order."""
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -148,8 +168,33 @@ def dvc_env() -> dict[str, str]:
     return env
 
 
-def dvc_command(args: Iterable[str]) -> list[str]:
-    return [sys.executable, "-m", "dvc", *args]
+def dvc_command(args: Iterable[str], report: str | Path) -> list[str]:
+    """``dvc ARGS`` through :data:`DVC_RUN`, which writes what happened to ``report``."""
+    return [sys.executable, str(DVC_RUN), str(report), *args]
+
+
+@dataclass(frozen=True)
+class RunReport:
+    stage_runs: tuple[StageRun, ...] = ()
+    lock_held: bool = False
+
+
+def read_report(path: Path) -> RunReport:
+    """What ``flows/dvc_run.py`` wrote; empty if it wrote nothing (killed before dvc returned)."""
+    try:
+        data = json.loads(path.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return RunReport()
+    runs = tuple(
+        StageRun(
+            stage=str(run["stage"]).rpartition(":")[2],  # ``sub/dvc.yaml:train`` → ``train``, as dvc.lock keys it
+            started=float(run["started"]),
+            ended=None if run.get("ended") is None else float(run["ended"]),
+            returncode=run.get("returncode"),
+        )
+        for run in data.get("stage_runs") or []
+    )
+    return RunReport(runs, bool(data.get("lock_held")))
 
 
 def run_dvc(args: Sequence[str], repo: str | Path = ".", *, merge_stderr: bool = True) -> DvcResult:
@@ -159,9 +204,31 @@ def run_dvc(args: Sequence[str], repo: str | Path = ".", *, merge_stderr: bool =
     stderr is still logged.
     """
     logger = run_logger()
-    command = dvc_command(args)
+    handle, report_name = tempfile.mkstemp(prefix="liftplus-dvc-", suffix=".json")
+    os.close(handle)
+    report_path = Path(report_name)
+    command = dvc_command(args, report_path)
     shown = "dvc " + " ".join(args)
     logger.info("$ %s", shown)
+    try:
+        returncode, output, diagnostics = _run_logged(command, repo, merge_stderr, logger)
+        report = read_report(report_path)
+    finally:
+        report_path.unlink(missing_ok=True)
+    if returncode != 0:
+        failure = classify_failure(returncode, diagnostics, shown, report.stage_runs, report.lock_held)
+        if failure.transient:
+            logger.error("%s failed (transient, may be retried): %s", shown, failure.message)
+        else:  # its one line is already in the log, as the stage or DVC printed it
+            logger.error("%s failed, not retried", shown)
+        raise failure
+    return DvcResult(("dvc", *args), returncode, output, report.stage_runs)
+
+
+def _run_logged(
+    command: list[str], repo: str | Path, merge_stderr: bool, logger: logging.Logger | logging.LoggerAdapter
+) -> tuple[int, str, str]:
+    """Run ``command``, logging each line as it comes; its exit status, output and diagnostics."""
     process = subprocess.Popen(
         command,
         cwd=repo,
@@ -188,14 +255,7 @@ def run_dvc(args: Sequence[str], repo: str | Path = ".", *, merge_stderr: bool =
         for line in stderr.splitlines():
             _log_line(logger, line)
         diagnostics = stderr
-    if returncode != 0:
-        failure = classify_failure(returncode, diagnostics, shown)
-        if failure.transient:
-            logger.error("%s failed (transient, may be retried): %s", shown, failure.message)
-        else:  # its one line is already in the log, as the stage or DVC printed it
-            logger.error("%s failed, not retried", shown)
-        raise failure
-    return DvcResult(tuple(command), returncode, output)
+    return returncode, output, diagnostics
 
 
 @contextmanager
@@ -260,6 +320,7 @@ def run_dvc_json(args: Sequence[str], repo: str | Path = ".") -> Any:
 
 
 def _log_line(logger: logging.Logger | logging.LoggerAdapter, line: str) -> None:
+    # Display only: the level a relayed line is logged at; nothing is decided from it.
     if line.startswith((STAGE_ERROR_PREFIX, "ERROR:")):
         logger.error("%s", line)
     elif line.strip():
@@ -271,28 +332,36 @@ def lock_held_failure(command: str, returncode: int = 1) -> DvcCommandFailed:
     return DvcCommandFailed(command.split(), returncode, f"{command}: the DVC lock is held by another process", True)
 
 
-def classify_failure(returncode: int, output: str, command: str = "dvc") -> DvcCommandFailed:
+def classify_failure(
+    returncode: int,
+    output: str,
+    command: str = "dvc",
+    stage_runs: Sequence[StageRun] = (),
+    lock_held: bool = False,
+) -> DvcCommandFailed:
     """Decide whether a failed DVC command is worth retrying, and say why in one line.
 
-    Permanent: a stage exited 1 after printing ``error: ...`` (params, data or
-    validation; retrying gives the same answer), or DVC refused before running
-    any command (invalid dvc.yaml, missing dependency). Transient: a stage or DVC
-    killed by a signal, I/O or network errors, DVC's lock held by another process.
+    ``stage_runs`` and ``lock_held`` are what ``flows/dvc_run.py`` recorded; ``output`` is
+    only read for our stages' own ``error: ...`` lines, the OS's I/O error texts and the
+    line quoted in the message. Permanent: a stage exited 1 after printing ``error: ...``
+    (params, data or validation; retrying gives the same answer), or DVC refused before
+    any stage command failed (invalid dvc.yaml, missing dependency). Transient: a stage
+    or DVC killed by a signal, I/O or network errors, DVC's lock held by another process.
     Any other stage failure (a crash without our ``error:`` line) is retried.
     """
     lines = output.splitlines()
-    stage_exits = [int(m["code"]) for line in lines if (m := _STAGE_EXIT.search(line))]
-    stage_exit = stage_exits[-1] if stage_exits else None
-    failed = [m["stage"] for line in lines if (m := _FAILED_STAGE.search(line))]
-    where = f"stage '{failed[-1]}'" if failed else command
+    failed = [run for run in stage_runs if run.returncode not in (0, None)]
+    stage_exit = failed[-1].returncode if failed else None
+    where = f"stage '{failed[-1].stage}'" if failed else command
     stage_errors = [line for line in lines if line.startswith(STAGE_ERROR_PREFIX)]
+    # Display only: the words quoted after the decision, DVC's last ERROR line if any.
     dvc_errors = [line.removeprefix("ERROR:").strip() for line in lines if line.startswith("ERROR:")]
     last_words = dvc_errors[-1] if dvc_errors else (lines[-1] if lines else f"exit status {returncode}")
 
     def failure(message: str, transient: bool) -> DvcCommandFailed:
         return DvcCommandFailed(command.split(), returncode, message, transient)
 
-    if LOCK_HELD in output:
+    if lock_held:
         return lock_held_failure(command, returncode)
     killed = returncode < 0 or (stage_exit is not None and (stage_exit < 0 or stage_exit > 128))
     if killed:
@@ -319,24 +388,147 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def stage_outcomes(output: str) -> dict[str, str]:
-    """What ``dvc repro`` / ``dvc exp run`` did to each stage, in the order it said so."""
+def planned_stages(
+    repo: str | Path, targets: Sequence[str] = (), single_item: bool = False
+) -> tuple[list[str], set[str]]:
+    """The stages ``dvc repro TARGETS`` (or ``dvc exp run TARGETS``) looks at, upstream first,
+    and which of them are stale now: one read of the stage graph and one ``dvc status``,
+    through DVC's API. No targets: every stage. ``single_item``: the targets alone."""
+    import networkx as nx
+
+    with dvc_api(repo, "status") as dvc_repo:
+        graph = dvc_repo.index.graph
+        order = {stage: index for index, stage in enumerate(graph.nodes)}
+        by_key = {_stage_key(stage): stage for stage in graph.nodes}
+        unknown = [target for target in targets if target not in by_key]
+        if unknown:
+            raise DvcCommandFailed(("dvc", "status"), 1, f"dvc.yaml has no stage {', '.join(unknown)}", False)
+        chosen = {by_key[target] for target in targets} if targets else set(graph.nodes)
+        if not single_item:
+            chosen |= {upstream for stage in list(chosen) for upstream in nx.descendants(graph, stage)}
+        changed = set(dvc_repo.status())
+        plan = nx.lexicographical_topological_sort(graph.subgraph(chosen).reverse(copy=True), key=order.__getitem__)
+        return [_stage_key(stage) for stage in plan], {_stage_key(s) for s in chosen if s.addressing in changed}
+
+
+def lock_entries(text: str | None) -> dict[str, Any]:
+    """``dvc.lock``'s ``stages`` mapping (DVC's documented lock file format); empty without one."""
+    data = yaml.safe_load(text) if text else None
+    return dict(data.get("stages") or {}) if isinstance(data, dict) else {}
+
+
+def workspace_lock(repo: str | Path) -> dict[str, Any]:
+    path = Path(repo) / LOCK_FILE
+    return lock_entries(path.read_text() if path.is_file() else None)
+
+
+def git_head(repo: str | Path) -> str:
+    """The commit HEAD points at: the baseline of an experiment started now."""
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{repo}: experiments need a git repository with a commit ({result.stderr.strip()})")
+    return result.stdout.strip()
+
+
+def experiment_lock(repo: str | Path, baseline: str, name: str) -> dict[str, Any]:
+    """The ``dvc.lock`` an experiment committed (its git ref, as DVC names it from baseline and name)."""
+    from dvc.repo.experiments.refs import ExpRefInfo
+
+    ref = str(ExpRefInfo(baseline_sha=baseline, name=name))
+    result = subprocess.run(["git", "show", f"{ref}:{LOCK_FILE}"], cwd=repo, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise DvcCommandFailed(
+            ("git", "show"), result.returncode, f"experiment {name!r}: no {LOCK_FILE} at {ref}", False
+        )
+    return lock_entries(result.stdout)
+
+
+def stage_outcomes(
+    plan: Sequence[str],
+    stage_runs: Sequence[StageRun],
+    lock_before: dict[str, Any],
+    lock_after: dict[str, Any],
+    stale_before: Iterable[str] = (),
+) -> dict[str, str]:
+    """What ``dvc repro`` / ``dvc exp run`` did to each planned stage, from structure alone.
+
+    Ran: DVC started the stage's command. Restored from run cache: it did not, yet the
+    stage's lock entry changed, or the stage was stale before (outputs checked out again).
+    Up to date: neither.
+    """
+    ran = {run.stage for run in stage_runs}
+    stale = set(stale_before)
     outcomes: dict[str, str] = {}
-    for line in output.splitlines():
-        for pattern, outcome in ((_RAN, RAN), (_UP_TO_DATE, UP_TO_DATE), (_RESTORED, RESTORED)):
-            match = pattern.match(line.strip())
-            if match:
-                outcomes[match["stage"]] = outcome
+    for stage in plan:
+        if stage in ran:
+            outcomes[stage] = RAN
+        elif stage in stale or lock_after.get(stage) != lock_before.get(stage):
+            outcomes[stage] = RESTORED
+        else:
+            outcomes[stage] = UP_TO_DATE
     return outcomes
 
 
-def experiment_names(output: str) -> list[str]:
-    """Experiment names from ``dvc exp run`` output (reproduced or queued), in order, unique."""
-    names: list[str] = []
-    for line in output.splitlines():
-        match = _EXPERIMENT.match(line.strip())
-        if match and match["name"] not in names:
-            names.append(match["name"])
+def stage_seconds(stage_runs: Sequence[StageRun], stage: str, end: float) -> float | None:
+    """From the stage's command starting to the next stage's (or ``end``): the command and DVC
+    saving its outputs. None if its command did not run."""
+    for index, run in enumerate(stage_runs):
+        if run.stage == stage:
+            later = [r.started for r in stage_runs[index + 1 :] if r.stage != stage]
+            return (later[0] if later else end) - run.started
+    return None
+
+
+EXPERIMENT_NAME_LENGTH = 60
+
+
+def name_part(text: Any) -> str:
+    """``text`` in the letters an experiment name keeps: a-z, 0-9, ``.``, ``_``, ``-`` (``+`` → ``plus``)."""
+    text = str(text).lower().replace("+", "plus")
+    text = re.sub(r"[^a-z0-9._]+", "-", text)
+    return re.sub(r"\.{2,}", ".", text).strip("-._")
+
+
+def experiment_base_name(prefix: str, parts: Iterable[Any] = ()) -> str:
+    """``prefix-part-part`` as a valid experiment name: git's ref rules (no ``..``, no trailing
+    ``.`` or ``.lock``, no ``/``, no spaces), at most :data:`EXPERIMENT_NAME_LENGTH` characters."""
+    name = "-".join(p for p in map(name_part, (prefix, *parts)) if p)[:EXPERIMENT_NAME_LENGTH].strip("-._")
+    while name.endswith(".lock"):
+        name = name.removesuffix(".lock").strip("-._")
+    return name or "exp"
+
+
+def override_parts(overrides: dict[str, Any]) -> list[str]:
+    """``{"train.lr": 0.01}`` → ``["lr_0.01"]``: the last key segment and the value as ``-S`` writes it."""
+    return [
+        f"{key.rpartition('.')[2]}_{format_override(key, value).partition('=')[2]}" for key, value in overrides.items()
+    ]
+
+
+def new_experiment_names(repo: str | Path, bases: Sequence[str]) -> list[str]:
+    """One unused experiment name per base name: the base itself, else ``base-2``, ``base-3``...
+
+    Used: every experiment's name in the repo (any baseline) and every queued one's, read
+    through DVC's API; each name is checked with DVC's own rule (``check_ref_format``). The
+    flows pass these to ``dvc exp run --name``, so they never read a name back from DVC's output.
+    """
+    from dvc.repo.experiments.refs import ExpRefInfo
+    from dvc.repo.experiments.utils import check_ref_format, exp_refs
+
+    with dvc_api(repo, "exp list") as dvc_repo:
+        scm = dvc_repo.scm
+        taken = {ref.name for ref in exp_refs(scm)}
+        taken |= {entry.name for entry in dvc_repo.experiments.celery_queue.stash.stash_revs.values() if entry.name}
+        baseline = scm.get_rev()
+        names: list[str] = []
+        for base in bases:
+            name, number = base, 1
+            while name in taken:
+                number += 1
+                name = f"{base}-{number}"
+            check_ref_format(scm, ExpRefInfo(baseline_sha=baseline, name=name))
+            taken.add(name)
+            names.append(name)
     return names
 
 

@@ -13,13 +13,14 @@ epochs) and go back to null, the method's default (:data:`liftplus.params.METHOD
 where they are its method's default, so that ``lift`` trains 10 epochs at lr 0.01 as in the
 reference and ``zs`` trains nothing.
 
-Each experiment is ``dvc exp run --temp``, one at a time, timed: DVC records no time
-and the train stage deliberately writes none into its metrics, so the flow notes when
-DVC says ``Running stage 'train'`` and ``Running stage 'evaluate'`` (the lines
-:func:`flows.dvc_tasks.run_dvc` logs as they arrive). "train s" is that span: the
-stage's process (model build, head init, the epochs) and DVC saving its outputs; "run
-s" is the whole experiment, sharding and evaluation included (a stage restored from
-DVC's run cache takes no time of its own: its train s reads "cached"). The results come
+Each experiment is ``dvc exp run --temp --name paper-DATASET-METHOD``, one at a time,
+timed: DVC records no time and the train stage deliberately writes none into its metrics,
+so the flow takes the times at which DVC started the train stage's command and the next
+stage's (:func:`flows.dvc_tasks.run_dvc` records every stage command DVC starts). "train
+s" is that span: the stage's process (model build, head init, the epochs) and DVC saving
+its outputs; "run s" is the whole experiment, sharding and evaluation included (a stage
+restored from DVC's run cache takes no time of its own: its train s reads "cached"). The
+flow chooses each experiment's name (``-2``... appended where it is taken). The results come
 from ``dvc exp show --json`` (:func:`flows.sweep.collect_results`), the trainable
 parameters from the model the method builds (:func:`liftplus.model.summary.parameter_summary`,
 no weights loaded) for the class count the experiment recorded (``data/stats/longtail.json``).
@@ -38,7 +39,6 @@ import csv
 import functools
 import io
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -53,10 +53,16 @@ from flows.dvc_tasks import (
     RAN,
     DvcCommandFailed,
     error_line,
-    experiment_names,
+    experiment_base_name,
+    experiment_lock,
+    git_head,
+    new_experiment_names,
+    planned_stages,
     run_dvc,
     run_logger,
     stage_outcomes,
+    stage_seconds,
+    workspace_lock,
 )
 from flows.report import ACCURACY_LABELS, accuracy_cell, cell, end_with
 from flows.sweep import PARAMS_FILE, baseline_commit, collect_results
@@ -86,7 +92,7 @@ KNOWN_CLASSES = {
 """Class counts for an experiment that recorded none (it failed before the validate stage)."""
 RECIPE_KEYS = ("epochs", "lr", "mda")
 """The train keys a method's recipe fills in (:data:`METHOD_DEFAULTS`)."""
-TRAIN_STAGE, NEXT_STAGE = "train", "evaluate"
+TRAIN_STAGE = "train"
 COLUMNS = (
     "dataset",
     "method",
@@ -247,62 +253,37 @@ def plan_experiments(
 # ---------------------------------------------------------------- running and timing
 
 
-class StageClock(logging.Handler):
-    """When DVC started each stage: the ``Running stage 'X':`` lines :func:`run_dvc` logs as they arrive."""
-
-    LOGGERS = ("prefect.task_runs", "prefect.flow_runs", "liftplus.flows")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.starts: list[tuple[str, float]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        for stage, outcome in stage_outcomes(record.getMessage()).items():
-            if outcome == RAN:
-                self.starts.append((stage, record.created))
-
-    def __enter__(self) -> StageClock:
-        for name in self.LOGGERS:
-            logging.getLogger(name).addHandler(self)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for name in self.LOGGERS:
-            logging.getLogger(name).removeHandler(self)
-
-    def seconds(self, stage: str, end: float) -> Optional[float]:
-        """From the stage's start to the next stage's (or ``end``); None if it did not run."""
-        for index, (name, started) in enumerate(self.starts):
-            if name == stage:
-                until = self.starts[index + 1][1] if index + 1 < len(self.starts) else end
-                return until - started
-        return None
+@task(task_run_name="dvc-exp-names", cache_policy=NO_CACHE)
+def paper_names(plan: list[dict[str, Any]], repo: str) -> list[str]:
+    """``paper-DATASET-METHOD`` per experiment, none already used in the repo or its queue."""
+    return new_experiment_names(repo, [experiment_base_name("paper", [e["dataset"], e["method"]]) for e in plan])
 
 
 @task(task_run_name="dvc-exp-run-{dataset}-{method}", cache_policy=NO_CACHE)
-def run_paper_experiment(dataset: str, method: str, values: dict[str, Any], repo: str) -> dict[str, Any]:
-    """One ``dvc exp run --temp`` with the experiment's ``-S`` values, timed; a failure is a result,
-    not an exception, so that the other experiments still run and the table shows it."""
+def run_paper_experiment(dataset: str, method: str, values: dict[str, Any], name: str, repo: str) -> dict[str, Any]:
+    """One ``dvc exp run --temp --name NAME`` with the experiment's ``-S`` values, timed; a failure is a
+    result, not an exception, so that the other experiments still run and the table shows it."""
     started = time.time()
-    with StageClock() as clock:
-        try:
-            output = run_dvc(["exp", "run", "--temp", *set_args(values)], repo).output
-        except DvcCommandFailed as failure:
-            run_logger().error("%s × %s failed: %s", dataset, method, failure.message)
-            return {
-                "name": None,
-                "error": error_line(failure),
-                "outcome": None,
-                "train_seconds": None,
-                "run_seconds": time.time() - started,
-            }
-    ended = time.time()
-    names = experiment_names(output)
+    try:
+        plan, _ = planned_stages(repo)
+        before, baseline = workspace_lock(repo), git_head(repo)
+        result = run_dvc(["exp", "run", "--temp", "--name", name, *set_args(values)], repo)
+        ended = time.time()
+        outcomes = stage_outcomes(plan, result.stage_runs, before, experiment_lock(repo, baseline, name))
+    except DvcCommandFailed as failure:
+        run_logger().error("%s × %s failed: %s", dataset, method, failure.message)
+        return {
+            "name": None,
+            "error": error_line(failure),
+            "outcome": None,
+            "train_seconds": None,
+            "run_seconds": time.time() - started,
+        }
     return {
-        "name": names[-1] if names else None,
-        "error": None if names else "dvc did not name the experiment",
-        "outcome": stage_outcomes(output).get(TRAIN_STAGE),
-        "train_seconds": clock.seconds(TRAIN_STAGE, ended),
+        "name": name,
+        "error": None,
+        "outcome": outcomes.get(TRAIN_STAGE),
+        "train_seconds": stage_seconds(result.stage_runs, TRAIN_STAGE, ended),
         "run_seconds": ended - started,
     }
 
@@ -509,9 +490,13 @@ def liftplus_paper(
     datasets, methods = plan_axes(plan)
     baseline = baseline_commit(str(root))
     logger.info("running %d experiments: %s × %s", len(plan), ", ".join(datasets), ", ".join(methods))
-    runs = [run_paper_experiment(e["dataset"], e["method"], e["values"], str(root)) for e in plan]
-    names = [run["name"] for run in runs if run["name"]]
-    shown = {row["name"]: row for row in collect_results(names, [], CLASSES_METRIC, baseline, str(root))}
+    names = paper_names(plan, str(root))
+    runs = [
+        run_paper_experiment(e["dataset"], e["method"], e["values"], name, str(root))
+        for e, name in zip(plan, names, strict=True)
+    ]
+    ran = [run["name"] for run in runs if run["name"]]
+    shown = {row["name"]: row for row in collect_results(ran, [], CLASSES_METRIC, baseline, str(root))}
     classes = [(shown.get(run["name"]) or {}).get("metric") for run in runs]
     rows = paper_rows(plan, runs, shown, trainable_parameters(plan, classes))
 

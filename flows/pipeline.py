@@ -26,7 +26,14 @@ key=value ...``: an experiment in a temporary copy of the repo, recorded as a
 git ref that ``dvc exp show`` lists. params.yaml, dvc.lock and the outputs in
 the workspace stay as they were (a plain ``dvc exp run`` would write the
 overrides into params.yaml); ``dvc exp apply <name>`` brings the result in.
-Per-stage tasks are not possible there: an experiment is one DVC process.
+Per-stage tasks are not possible there: an experiment is one DVC process. The
+flow names the experiment itself (``run-lr_0.01-loss_ce``, ``--name``; a suffix
+``-2``... where the name is taken).
+
+What each stage did (ran, up to date, restored from the run cache) is decided
+from structure, not from DVC's messages (:func:`flows.dvc_tasks.stage_outcomes`):
+the stage commands DVC started, and the stage's dvc.lock entry and status before
+and after.
 
 Retries: ``retries`` times with ``retry_delay_seconds`` between attempts, only
 for transient failures (see :func:`flows.dvc_tasks.classify_failure`). A stage
@@ -63,15 +70,21 @@ from flows.dvc_tasks import (
     UP_TO_DATE,
     DvcCommandFailed,
     error_line,
-    experiment_names,
+    experiment_base_name,
+    experiment_lock,
     failed_state,
     flatten_metrics,
+    git_head,
+    new_experiment_names,
+    override_parts,
+    planned_stages,
     retry_if_transient,
     run_dvc,
     run_dvc_json,
     run_logger,
     set_param_args,
     stage_outcomes,
+    workspace_lock,
 )
 from flows.report import STATS_FILE, accuracy_cell, cell, end_with, eval_headline, file_metrics
 
@@ -148,7 +161,10 @@ def stale_stages(repo: str) -> dict[str, list[str]]:
 def repro_stage(stage: str, repo: str, force: bool = False) -> dict[str, str]:
     """Bring one stage up to date; return what DVC did to each stage it looked at."""
     args = ["repro", "--force", "--single-item", stage] if force else ["repro", stage]
-    outcomes = stage_outcomes(run_dvc(args, repo).output)
+    plan, stale = planned_stages(repo, [stage], single_item=force)
+    before = workspace_lock(repo)
+    result = run_dvc(args, repo)
+    outcomes = stage_outcomes(plan, result.stage_runs, before, workspace_lock(repo), stale)
     run_logger().info("stage %s: %s", stage, outcomes.get(stage, NOT_REPORTED))
     return outcomes
 
@@ -159,15 +175,15 @@ def run_experiment(
     set_params: dict[str, Any], stages: list[str], repo: str, force: bool = False
 ) -> tuple[str, dict[str, str]]:
     """Run the pipeline as one ``dvc exp run --temp`` experiment; return its name and stage outcomes."""
-    args = ["exp", "run", "--temp", *set_param_args(set_params)]
+    (name,) = new_experiment_names(repo, [experiment_base_name("run", override_parts(set_params))])
+    args = ["exp", "run", "--temp", "--name", name, *set_param_args(set_params)]
     if force:
         args.append("--force")
     args += stages
-    output = run_dvc(args, repo).output
-    names = experiment_names(output)
-    if not names:
-        raise DvcCommandFailed(args, 0, "dvc exp run finished but did not name its experiment", False)
-    return names[-1], stage_outcomes(output)
+    plan, _ = planned_stages(repo, stages)
+    before, baseline = workspace_lock(repo), git_head(repo)
+    result = run_dvc(args, repo)
+    return name, stage_outcomes(plan, result.stage_runs, before, experiment_lock(repo, baseline, name))
 
 
 @task(task_run_name="dvc-metrics-show", cache_policy=NO_CACHE)

@@ -1,6 +1,9 @@
 """A parameter sweep as DVC experiments, driven by Prefect, with the best one named.
 
-Every point of the grid is queued with ``dvc exp run --queue -S key=value ...``;
+Every point of the grid is queued with ``dvc exp run --queue --name NAME -S key=value ...``
+under a name the flow chooses from the point (``sweep-lr_0.01-loss_ce``; ``-2``, ``-3``...
+appended where an experiment or queued entry already has it), so no name is read back
+from DVC's output;
 ``dvc exp run --run-all -j JOBS`` then runs the queue (DVC's own workers, each
 experiment in a temporary copy of the repo) and waits for it. The results come
 from ``dvc exp show --json``, so the sweep compares exactly what ``dvc exp show``
@@ -21,7 +24,6 @@ import argparse
 import io
 import itertools
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -35,8 +37,11 @@ from rich.table import Table
 from flows.dvc_tasks import (
     DvcCommandFailed,
     error_line,
-    experiment_names,
+    experiment_base_name,
     flatten_metrics,
+    git_head,
+    new_experiment_names,
+    override_parts,
     retry_if_transient,
     run_dvc,
     run_dvc_json,
@@ -197,12 +202,16 @@ def table_text(table: Table) -> str:
     retry_delay_seconds=5,
     retry_condition_fn=retry_if_transient,
 )
-def queue_experiment(point: dict[str, Any], repo: str) -> str:
-    """Queue one experiment; return the name DVC gave it."""
-    names = experiment_names(run_dvc(["exp", "run", "--queue", *set_param_args(point)], repo).output)
-    if not names:
-        raise RuntimeError(f"dvc exp run --queue did not name the experiment for {point}")
-    return names[-1]
+def queue_experiment(point: dict[str, Any], name: str, repo: str) -> str:
+    """Queue one experiment under ``name``; return the name."""
+    run_dvc(["exp", "run", "--queue", "--name", name, *set_param_args(point)], repo)
+    return name
+
+
+@task(task_run_name="dvc-exp-names", cache_policy=NO_CACHE)
+def sweep_names(points: list[dict[str, Any]], repo: str) -> list[str]:
+    """A name per point, from its values, none already used in the repo or its queue."""
+    return new_experiment_names(repo, [experiment_base_name("sweep", override_parts(point)) for point in points])
 
 
 @task(task_run_name="dvc-exp-run-all", cache_policy=NO_CACHE)
@@ -214,10 +223,7 @@ def run_queue(jobs: int, repo: str) -> None:
 @task(task_run_name="git-rev-parse", cache_policy=NO_CACHE)
 def baseline_commit(repo: str) -> str:
     """The commit the experiments derive from; a commit made while they run moves HEAD, not them."""
-    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{repo}: the sweep needs a git repository with a commit ({result.stderr.strip()})")
-    return result.stdout.strip()
+    return git_head(repo)
 
 
 @task(task_run_name="dvc-exp-show", cache_policy=NO_CACHE)
@@ -248,7 +254,7 @@ def liftplus_sweep(
     points = grid_points(grid)
     baseline = baseline_commit(root)
     logger.info("queueing %d experiments over %s", len(points), ", ".join(keys))
-    names = [queue_experiment(point, root) for point in points]
+    names = [queue_experiment(point, name, root) for point, name in zip(points, sweep_names(points, root), strict=True)]
     run_queue(jobs, root)
     rows = collect_results(names, keys, metric, baseline, root)
     best = pick_best(rows, maximize)

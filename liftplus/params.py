@@ -12,12 +12,24 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from liftplus.errors import ParamsError
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
+
+TIMM_PREFIX = "timm/"
+"""``model.name`` prefix of a timm ViT (``timm/vit_base_patch16_224``); other names are open_clip's."""
 
 PeftName = Literal["adaptformer", "lora", "adapter", "vpt-shallow", "vpt-deep", "ssf", "bitfit", "full", "none", "aft"]
 
@@ -68,8 +80,14 @@ class ValidateParams(_Section):
 
 
 class ModelParams(_Section):
-    name: str = "liftplus-tiny-vit"
-    pretrained: Optional[str] = Field(None, description="open_clip tag or local checkpoint path")
+    name: str = Field(
+        "liftplus-tiny-vit",
+        description="an open_clip model (ViT-B-16), or timm/<name> for a timm ViT (timm/vit_base_patch16_224, "
+        "the reference's IN21K ViTs: no text tower)",
+    )
+    pretrained: Optional[str] = Field(
+        None, description="open_clip (or, for timm/ names, timm) pretrained tag, or a local checkpoint path"
+    )
     peft: Union[PeftName, list[PeftName]] = Field("adaptformer", description="a method, or a list to combine")
     peft_layers: Optional[Union[StrictInt, list[StrictInt]]] = Field(
         None, description="None: every block; k: the last k blocks; a list: those block indices"
@@ -80,8 +98,23 @@ class ModelParams(_Section):
     aft_seed: int = Field(0, ge=0)
     classifier: Literal["cosine", "linear", "l2", "layernorm"] = "cosine"
     scale: float = Field(25.0, gt=0)
-    head_init: Literal["semantic", "class_mean", "linear_probe", "random"] = "semantic"
+    head_init: Optional[Literal["semantic", "class_mean", "linear_probe", "random"]] = Field(
+        None,
+        validate_default=True,
+        description="null: the backbone's default, semantic for CLIP, class_mean for timm/ ViTs (no text tower "
+        "for semantic, as the reference's in21k configs)",
+    )
     sdpa: bool = Field(True, description="fused F.scaled_dot_product_attention in ViT blocks")
+    coop_ctx_len: int = Field(
+        4, ge=0, le=75, description="coop: learnable context tokens (the template's X); 0: none, 'a photo of a {}.'"
+    )
+    coop_init: Optional[Literal["photo"]] = Field(
+        None, description="coop: null: context drawn from N(0, 0.02); photo: the embeddings of 'a photo of a' and '.'"
+    )
+    coop_cls_pos: Literal["end", "middle", "front"] = Field("end", description="coop: where the class name sits")
+    clip_adapter: bool = Field(False, description="coop: CLIP-Adapter on the projected image and text features")
+    clip_adapter_dim: int = Field(4, gt=0, description="coop: CLIP-Adapter bottleneck")
+    proj_tuning: bool = Field(False, description="coop: train the image and text projections")
 
     PEFT_ORDER: ClassVar[tuple[str, ...]] = (
         "full",
@@ -107,6 +140,20 @@ class ModelParams(_Section):
     @classmethod
     def _layers(cls, value: Any) -> Any:
         return cls.check_layers(value)
+
+    @field_validator("head_init")
+    @classmethod
+    def _head_init(cls, value: Optional[str], info: ValidationInfo) -> str:
+        """None resolves to the backbone's default; semantic needs a text tower, which timm ViTs lack."""
+        timm_backbone = str(info.data.get("name", "")).startswith(TIMM_PREFIX)
+        if value is None:
+            return "class_mean" if timm_backbone else "semantic"
+        if value == "semantic" and timm_backbone:
+            raise ValueError(
+                f"semantic needs a CLIP text tower and {info.data['name']} has none: set class_mean "
+                "(the reference's init for it), linear_probe, random or null"
+            )
+        return value
 
     @staticmethod
     def check_layers(value: Any) -> Any:
@@ -149,7 +196,7 @@ class InitHeadParams(_Section):
 
 
 class TrainParams(_Section):
-    method: Literal["lift+", "lift", "fft", "lp", "zs"] = "lift+"
+    method: Literal["lift+", "lift", "fft", "lp", "zs", "coop"] = "lift+"
     epochs: Optional[int] = Field(None, gt=0, description="None: the method's default")
     lr: Optional[float] = Field(None, gt=0, description="None: the method's default")
     batch_size: int = Field(128, gt=0)
@@ -210,7 +257,8 @@ class EvaluateParams(_Section):
     batch_size: int = Field(256, gt=0)
     workers: int = Field(2, ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="CUDA only: auto = bf16 autocast; fp16 = fp16 weights, LayerNorms fp32 (the reference's test)"
+        "auto",
+        description="CUDA only: auto = bf16 autocast; fp16 = fp16 weights, LayerNorms fp32 (the reference's test)",
     )
     input: Literal["auto", "float", "uint8", "encoded"] = Field(
         "auto", description="what loader workers hand over; auto: uint8 on CUDA, float elsewhere"
@@ -237,6 +285,28 @@ class Params(_Section):
     register_: RegisterParams = Field(RegisterParams(), alias="register")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+    @model_validator(mode="after")
+    def _text_classifier_keys(self) -> Params:
+        """The text-classifier keys go with train.method coop, and together as the reference allows."""
+        model, method = self.model, self.train.method
+        if method != "coop":
+            on = next((key for key in TEXT_HEAD_KEYS if getattr(model, key)), None)
+            if on is not None:
+                raise ValueError(
+                    f"model.{on} acts on the text classifier of train.method coop; {method} classifies with "
+                    "model.classifier"
+                )
+        elif model.coop_init == "photo" and model.coop_ctx_len == 0:
+            raise ValueError(
+                "model.coop_init photo makes 'a photo of a' and '.' the context, model.coop_ctx_len 0 asks for none"
+            )
+        elif model.coop_ctx_len == 0 and not (model.clip_adapter or model.proj_tuning):
+            raise ValueError(
+                "train.method coop with model.coop_ctx_len 0 trains nothing: set model.clip_adapter or "
+                "model.proj_tuning (or use zs)"
+            )
+        return self
 
 
 MAX_QUOTED = 60
@@ -373,8 +443,14 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "fft": {"epochs": 5, "lr": 0.02, "mda": True},
     "lp": {"epochs": 5, "lr": 0.02, "mda": True},
     "zs": {"epochs": 0, "lr": 0.0, "mda": False},
+    "coop": {"epochs": 50, "lr": 0.002, "mda": False},
 }
-"""Per-method recipe, as in the reference's configs/method/*.yaml."""
+"""Per-method recipe, as in the reference's configs/method/*.yaml. Its coop.yaml also sets
+batch_size 32: ``train.batch_size`` (and ``micro_batch``) have no per-method default, so a coop
+run must set them in params.yaml (``train.batch_size: 32``, ``train.micro_batch: 32``)."""
+
+TEXT_HEAD_KEYS = ("clip_adapter", "proj_tuning")
+"""``model`` keys that act on the text classifier only (the reference uses them with ``classifier: None``)."""
 
 
 def resolved_train(train: TrainParams) -> TrainParams:

@@ -223,6 +223,9 @@ def initialise_head(
 
     ``device`` and ``hand_off`` are the run's (this rank's GPU under torchrun); ``samples``
     the training samples (None: all), so that a hold-out never informs the head."""
+    if train.method == "coop":  # the text classifier: class prompts through the text tower, nothing to load
+        model.head.set_classnames(classnames)
+        return f"text:{model.head.template}"
     how = "zero-shot" if train.method == "zs" else params.model.head_init
     if how in ("semantic", "zero-shot"):
         fingerprint = backbone_fingerprint(model.config.name, model.config.pretrained, model.config.seed)

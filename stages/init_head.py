@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import torch
+
 from liftplus.data.manifest import read_manifest
 from liftplus.errors import exit_on_error
 from liftplus.head_init import save_text_init
 from liftplus.model.backbone import backbone_fingerprint, load_backbone
 from liftplus.model.text import encode_text_init
+from liftplus.model.timm_vit import is_timm_name
 from liftplus.params import load_params
 from stages import stage_parser
 
@@ -18,10 +21,13 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     manifest = read_manifest(args.shards / "manifest.json")
     classnames = manifest["classnames"]
-    backbone, _ = load_backbone(params.model.name, params.model.pretrained)
-    weight, text_features = encode_text_init(
-        backbone, classnames, params.init_head.template, params.init_head.batch_size, model_name=params.model.name
-    )
+    if is_timm_name(params.model.name):  # no text tower: an empty init (model.head_init cannot be semantic)
+        weight = text_features = torch.empty(len(classnames), 0)
+    else:
+        backbone, _ = load_backbone(params.model.name, params.model.pretrained)
+        weight, text_features = encode_text_init(
+            backbone, classnames, params.init_head.template, params.init_head.batch_size, model_name=params.model.name
+        )
     save_text_init(
         args.out,
         weight=weight,

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from bench.common import REPO, offline_env
-from bench.gpu import REQUIRED, SMOKE_NOTE
+from bench.gpu.report import REQUIRED
+from bench.gpu.settings import SMOKE_NOTE
 
 HEAVY = ("dvc", "dvclive", "prefect", "great_expectations", "gto", "sklearn")
 """What a GPU machine may lack, so the bench must not import (checked in its arm processes too)."""

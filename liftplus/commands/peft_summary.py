@@ -14,7 +14,7 @@ from liftplus.errors import ParamsError, exit_on_error
 from liftplus.params import ModelParams, PeftName
 
 PEFT_METHODS = get_args(PeftName)
-CLASSIFIERS = ("cosine", "linear", "l2", "layernorm")
+CLASSIFIERS = ("cosine", "linear", "l2", "layernorm", "text")
 
 
 def adaptformer_formula(layers: int, width: int, bottleneck: int, num_classes: int) -> int:
@@ -62,10 +62,16 @@ def reference_formula(
     classifier: str = "cosine",
     aft_ratio: Optional[float] = None,
     aft_loc: str = "all",
+    text_head: int = 0,
 ) -> int:
     """Trainable parameters of ``methods`` on the ``tuned`` blocks of each plus the head (``K * d``, and
-    ``K`` biases for the linear head). BitFit adds nothing to full fine-tuning: its biases are among those."""
-    total = num_classes * d + (num_classes if classifier == "linear" else 0)
+    ``K`` biases for the linear head; for the text head ``text_head``, the sum of
+    :func:`~liftplus.model.text_head.text_head_counts`). BitFit adds nothing to full fine-tuning: its
+    biases are among those."""
+    if classifier == "text":
+        total = text_head
+    else:
+        total = num_classes * d + (num_classes if classifier == "linear" else 0)
     for method in methods:
         if method == "bitfit" and "full" in methods:
             continue
@@ -101,6 +107,13 @@ def peft_summary(
     aft_ratio: Annotated[Optional[float], typer.Option(help="AFT: share of weights trained; default ~K*d")] = None,
     aft_loc: Annotated[str, typer.Option(help="AFT: attn, mlp or all")] = "all",
     aft_seed: Annotated[int, typer.Option(help="AFT: mask seed")] = 0,
+    coop_ctx_len: Annotated[
+        Optional[int], typer.Option(help="text head: learnable context tokens (CoOp); default 4, 0 for none")
+    ] = None,
+    coop_init: Annotated[Optional[str], typer.Option(help="text head: photo (5 context tokens) or random")] = None,
+    clip_adapter: Annotated[bool, typer.Option(help="text head: CLIP-Adapter on both features")] = False,
+    clip_adapter_dim: Annotated[int, typer.Option(help="text head: CLIP-Adapter bottleneck")] = 4,
+    proj_tuning: Annotated[bool, typer.Option(help="text head: train the image and text projections")] = False,
     json_: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """Print parameter counts of MODEL with PEFT on the chosen blocks and a head for K classes (random init,
@@ -124,10 +137,12 @@ def peft_summary(
         raise ParamsError(f"--aft-ratio is {aft_ratio}, expected a share in (0, 1]")
     if aft_loc not in ("attn", "mlp", "all"):
         raise ParamsError(f"--aft-loc is '{aft_loc}', expected attn, mlp or all")
+    text_args = _text_head_args(classifier, coop_ctx_len, coop_init, clip_adapter, clip_adapter_dim, proj_tuning)
     layer_spec = _layers_option(layers)
     from liftplus.model.build import ModelConfig, build_model
     from liftplus.model.peft import aft_ratio_used, method_layers, tuner_sizes
     from liftplus.model.summary import parameter_summary
+    from liftplus.model.text_head import text_head_counts, text_options
 
     config = ModelConfig(
         name=model,
@@ -139,6 +154,7 @@ def peft_summary(
         aft_ratio=aft_ratio,
         aft_loc=aft_loc,
         aft_seed=aft_seed,
+        **text_args,
     )
     built = build_model(config)
     summary = parameter_summary(built)
@@ -152,7 +168,17 @@ def peft_summary(
     summary["bottlenecks"] = sizes
     if "aft" in methods:
         summary["aft_ratio"] = ratio
-    summary["formula"] = reference_formula(methods, tuned, d, mlp, sizes, num_classes, classifier, ratio, aft_loc)
+    text_head = 0
+    if classifier == "text":
+        backbone = built.backbone
+        counts = text_head_counts(
+            text_options(config), backbone.token_embedding.weight.shape[1], backbone.visual.proj.shape[1], d
+        )
+        summary["text_head"] = counts
+        text_head = sum(counts.values())
+    summary["formula"] = reference_formula(
+        methods, tuned, d, mlp, sizes, num_classes, classifier, ratio, aft_loc, text_head=text_head
+    )
     if methods == ("adaptformer",) and summary["bottleneck"] is not None:
         summary["adaptformer_formula"] = adaptformer_formula(
             len(tuned["adaptformer"]), d, summary["bottleneck"], num_classes
@@ -161,6 +187,48 @@ def peft_summary(
         print(json.dumps(summary, indent=2))
         return
     _print_table(summary)
+
+
+def _text_head_args(
+    classifier: str,
+    ctx_len: Optional[int],
+    init: Optional[str],
+    clip_adapter: bool,
+    clip_adapter_dim: int,
+    proj_tuning: bool,
+) -> dict:
+    """The text head's ModelConfig fields from the options; ParamsError for a bad value or for one
+    given without ``--classifier text``."""
+    given = [
+        name
+        for name, on in (
+            ("--coop-ctx-len", ctx_len is not None),
+            ("--coop-init", init is not None),
+            ("--clip-adapter", clip_adapter),
+            ("--clip-adapter-dim", clip_adapter_dim != 4),
+            ("--proj-tuning", proj_tuning),
+        )
+        if on
+    ]
+    if classifier != "text":
+        if given:
+            raise ParamsError(f"{given[0]} applies to the text classifier only: add --classifier text")
+        return {}
+    if ctx_len is not None and not 0 <= ctx_len <= 75:
+        raise ParamsError(f"--coop-ctx-len is {ctx_len}, expected 0 to 75")
+    if init not in (None, "photo"):
+        raise ParamsError(f"--coop-init is '{init}', expected photo (or leave it out for a random context)")
+    if init == "photo" and ctx_len is not None:
+        raise ParamsError("--coop-init photo fixes the context to 'a photo of a' and '.': leave out --coop-ctx-len")
+    if clip_adapter_dim < 1:
+        raise ParamsError(f"--clip-adapter-dim is {clip_adapter_dim}, expected a positive integer")
+    return {
+        "coop_ctx_len": 4 if ctx_len is None else ctx_len,
+        "coop_init": init,
+        "clip_adapter": clip_adapter,
+        "clip_adapter_dim": clip_adapter_dim if clip_adapter else 4,
+        "proj_tuning": proj_tuning,
+    }
 
 
 def _print_table(summary: dict) -> None:
@@ -175,6 +243,13 @@ def _print_table(summary: dict) -> None:
         ("tuned blocks", "all" if len(tuned) == summary["layers"] else ", ".join(map(str, tuned)) or "none"),
         ("bottleneck r", ", ".join(f"{m} {r}" for m, r in summary["bottlenecks"].items()) or "-"),
     ]
+    if "text_head" in summary:
+        counts = summary["text_head"]
+        rows += [
+            ("text head: learnable context", f"{counts['context']:,}"),
+            ("text head: CLIP-Adapter (image + text)", f"{counts['clip_adapter']:,}"),
+            ("text head: projections (image + text)", f"{counts['proj_tuning']:,}"),
+        ]
     if "aft_ratio" in summary:
         rows.append(("AFT ratio", "-" if summary["aft_ratio"] is None else f"{summary['aft_ratio']:.6g}"))
     rows += [

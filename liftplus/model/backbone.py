@@ -28,6 +28,7 @@ from torch import nn
 
 from liftplus.errors import CheckpointError, ParamsError
 from liftplus.io import sha256_file
+from liftplus.model import timm_vit
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TINY_MODEL = "liftplus-tiny-vit"
@@ -101,12 +102,16 @@ def backbone_fingerprint(name: str, pretrained: Optional[str], seed: int = 0) ->
     A local checkpoint is identified by its content (size + sha256), not its
     path, so a moved or copied file still matches; a random init by its seed.
     """
+    timm_backbone = timm_vit.is_timm_name(name)
+    config = timm_vit.config_identity(name) if timm_backbone else _model_config(name)
     digest = hashlib.sha256()
-    digest.update(json.dumps(_model_config(name), sort_keys=True).encode())
+    digest.update(json.dumps(config, sort_keys=True).encode())
     digest.update(f"\0name={name}".encode())
     if pretrained is None:
         digest.update(f"\0random-init seed={seed}".encode())
-    elif _classify_pretrained(name, pretrained) == "tag":
+    elif timm_backbone and timm_vit.classify_pretrained(name, pretrained) == "tag":
+        digest.update(f"\0{timm_vit.tag_identity(name, pretrained)}".encode())
+    elif not timm_backbone and _classify_pretrained(name, pretrained) == "tag":
         tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
         digest.update(f"\0tag={pretrained} hf_hub={tag_cfg.get('hf_hub', '')} url={tag_cfg.get('url', '')}".encode())
     else:
@@ -127,7 +132,12 @@ def load_backbone(name: str, pretrained: Optional[str] = None, seed: int = 0) ->
 
     ``pretrained`` is an open_clip tag (downloads), a local checkpoint path, or
     None for a random init that is the same in every process for a given seed.
+    A ``timm/`` name loads a timm ViT as :class:`~liftplus.model.timm_vit.TimmBackbone`
+    (``visual`` only, no text tower; see :mod:`liftplus.model.timm_vit`).
     """
+    if timm_vit.is_timm_name(name):
+        backbone, cfg = timm_vit.load_timm(name, pretrained, seed, _load_error)
+        return backbone, _preprocess_of(backbone.visual, cfg)
     _model_config(name)
     force_quick_gelu = False
     if pretrained is not None and _classify_pretrained(name, pretrained) == "tag":
@@ -169,8 +179,13 @@ def _quiet_random_init_warning() -> Iterator[None]:
         root.removeFilter(keep)
 
 
-def _preprocess_of(visual: nn.Module) -> Preprocess:
-    cfg = getattr(visual, "preprocess_cfg", {})
+def has_text_tower(backbone: nn.Module) -> bool:
+    """Whether ``backbone`` can encode class names (open_clip CLIP models can, timm ViTs cannot)."""
+    return callable(getattr(backbone, "encode_text", None))
+
+
+def _preprocess_of(visual: nn.Module, cfg: Optional[dict] = None) -> Preprocess:
+    cfg = cfg if cfg is not None else getattr(visual, "preprocess_cfg", {})
     size = cfg.get("size", visual.image_size)
     if isinstance(size, (tuple, list)):
         size = size[0]

@@ -6,16 +6,23 @@ from collections import OrderedDict
 from typing import Any, Literal, Optional, Union
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 from torch import nn
 
+from liftplus.errors import ParamsError
 from liftplus.model.backbone import TINY_MODEL, Preprocess, image_features, load_backbone
 from liftplus.model.heads import ClassifierName, make_head, set_head_weights
 from liftplus.model.peft import PeftBlock, PeftName, insert_peft, peft_methods
+from liftplus.model.text_head import text_options
+from liftplus.model.timm_vit import is_timm_name
 from liftplus.params import ModelParams
 
-METHOD_PEFT = {"fft": "full", "lp": "none", "zs": "none"}
+METHOD_PEFT = {"fft": "full", "lp": "none", "zs": "none", "coop": "none"}
 """train.method -> PEFT, for the methods that do not use ``model.peft`` (lift+, lift)."""
+METHOD_CLASSIFIER = {"zs": "zero-shot", "coop": "text"}
+"""train.method -> head, for the methods that do not use ``model.classifier``."""
+TEXT_FIELDS = ("coop_ctx_len", "coop_init", "coop_cls_pos", "clip_adapter", "clip_adapter_dim", "proj_tuning")
+"""Config fields of the text classifier (:mod:`liftplus.model.text_head`); at their defaults elsewhere."""
 
 
 class ModelConfig(BaseModel):
@@ -36,6 +43,21 @@ class ModelConfig(BaseModel):
     aft_ratio: Optional[float] = Field(None, gt=0, le=1)
     aft_loc: Literal["attn", "mlp", "all"] = "all"
     aft_seed: int = Field(0, ge=0)
+    coop_ctx_len: int = Field(4, ge=0, le=75)
+    coop_init: Optional[Literal["photo"]] = None
+    coop_cls_pos: Literal["end", "middle", "front"] = "end"
+    clip_adapter: bool = False
+    clip_adapter_dim: int = Field(4, gt=0)
+    proj_tuning: bool = False
+
+    @model_validator(mode="after")
+    def _text_fields(self) -> ModelConfig:
+        """The CoOp, CLIP-Adapter and projection-tuning fields shape the text classifier only."""
+        if self.classifier != "text":
+            changed = next((n for n in TEXT_FIELDS if getattr(self, n) != type(self).model_fields[n].default), None)
+            if changed is not None:
+                raise ValueError(f"{changed} applies to the text classifier only (classifier 'text')")
+        return self
 
     @field_validator("peft", mode="before")
     @classmethod
@@ -61,12 +83,16 @@ class ModelConfig(BaseModel):
             raise ValueError(f"unknown train.method '{method}'")
         peft = METHOD_PEFT.get(method, model_params.peft)
         aft = "aft" in peft_methods(peft)
+        text = method == "coop"
+        photo = text and model_params.coop_init == "photo"  # the template fixes length and position
+        context = text and not photo and model_params.coop_ctx_len > 0
+        clip_adapter = text and model_params.clip_adapter
         return cls(
             name=model_params.name,
             pretrained=model_params.pretrained,
             peft=peft,
             bottleneck=model_params.bottleneck,
-            classifier="zero-shot" if method == "zs" else model_params.classifier,
+            classifier=METHOD_CLASSIFIER.get(method, model_params.classifier),
             scale=model_params.scale,
             num_classes=num_classes,
             sdpa=model_params.sdpa,
@@ -75,12 +101,18 @@ class ModelConfig(BaseModel):
             aft_ratio=model_params.aft_ratio if aft else None,
             aft_loc=model_params.aft_loc if aft else "all",
             aft_seed=model_params.aft_seed if aft else 0,
+            coop_ctx_len=model_params.coop_ctx_len if text and not photo else 4,
+            coop_init=model_params.coop_init if text else None,
+            coop_cls_pos=model_params.coop_cls_pos if context else "end",
+            clip_adapter=clip_adapter,
+            clip_adapter_dim=model_params.clip_adapter_dim if clip_adapter else 4,
+            proj_tuning=text and model_params.proj_tuning,
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON types; a field added after the first release is left out while at its
         default, so a default model's checkpoint stays what it was."""
-        later = {"peft_layers", "aft_ratio", "aft_loc", "aft_seed"}
+        later = {"peft_layers", "aft_ratio", "aft_loc", "aft_seed", *TEXT_FIELDS}
         at_default = {name for name in later if getattr(self, name) == type(self).model_fields[name].default}
         return self.model_dump(mode="json", exclude=at_default)
 
@@ -138,8 +170,17 @@ class LiftModel(nn.Module):
         return [b for b in self.backbone.visual.transformer.resblocks if isinstance(b, PeftBlock)]
 
 
+TEXT_CLASSIFIERS = ("zero-shot", "text")
+"""Heads built from the text tower (train.method zs, coop): a backbone without one cannot have them."""
+
+
 def build_model(config: ModelConfig) -> LiftModel:
     """Backbone (frozen), tuners and head, initialised reproducibly from ``config.seed``."""
+    if config.classifier in TEXT_CLASSIFIERS and is_timm_name(config.name):
+        raise ParamsError(
+            f"train.method: the {config.classifier} classifier needs a CLIP text tower and model.name "
+            f"{config.name} has none (a timm ViT): use lift+, lift, fft or lp"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         backbone, preprocess = load_backbone(config.name, config.pretrained, config.seed)
@@ -162,5 +203,7 @@ def build_model(config: ModelConfig) -> LiftModel:
             scale=config.scale,
             projection=visual.proj,
             logit_scale=backbone.logit_scale,
+            backbone=backbone,
+            text=text_options(config) if config.classifier == "text" else None,
         )
     return LiftModel(config, backbone, head, preprocess, bottleneck)

@@ -23,9 +23,11 @@ from pydantic import ValidationError
 
 from liftplus.errors import CheckpointError, ParamsError
 from liftplus.io import load_torch, save_torch
+from liftplus.model import timm_vit
 from liftplus.model.backbone import backbone_fingerprint
 from liftplus.model.build import LiftModel, ModelConfig, build_model
 from liftplus.model.peft import aft_count, aft_ratio_used, method_layers, tuned_blocks, tuner_sizes
+from liftplus.model.text_head import text_head_shapes
 
 FORMAT = "liftplus-adapter/1"
 
@@ -121,7 +123,12 @@ _BLOCK_KEY = re.compile(r"backbone\.visual\.transformer\.resblocks\.(\d+)\.(.+)"
 
 def _vision_tower(config: ModelConfig, path: Path) -> dict[str, int]:
     """Width, depth, MLP width and embedding size of ``config.name``'s image tower, from open_clip's
-    JSON config: nothing is built, nothing downloaded."""
+    JSON config: nothing is built, nothing downloaded (a timm ViT is built on the meta device)."""
+    if timm_vit.is_timm_name(config.name):
+        try:
+            return timm_vit.tower_shape(config.name)
+        except ParamsError as exc:
+            raise CheckpointError(f"{path}: config 'name': {str(exc).removeprefix('model.name: ')}") from None
     model_cfg = open_clip.get_model_config(config.name)
     if model_cfg is None:
         raise CheckpointError(f"{path}: config 'name': unknown model '{config.name}' (not an open_clip model config)")
@@ -193,6 +200,8 @@ def _head_shapes(config: ModelConfig, tower: dict[str, int]) -> dict[str, tuple[
     k = config.num_classes
     if config.classifier == "zero-shot":
         return {"head.text_features": (k, tower["embed"])}
+    if config.classifier == "text":
+        return text_head_shapes(config)
     return {"head.weight": (k, tower["width"])} | ({"head.bias": (k,)} if config.classifier == "linear" else {})
 
 

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from liftplus.errors import CheckpointError, DataError
+from liftplus.model.text_head import TextHead, TextOptions
 
-ClassifierName = Literal["cosine", "linear", "l2", "layernorm", "zero-shot"]
+ClassifierName = Literal["cosine", "linear", "l2", "layernorm", "zero-shot", "text"]
 
 
 def _reset_weight(weight: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -106,7 +107,12 @@ def make_head(
     scale: float = 25.0,
     projection: Optional[torch.Tensor] = None,
     logit_scale: Optional[torch.Tensor] = None,
+    backbone: Optional[nn.Module] = None,
+    text: Optional[TextOptions] = None,
 ) -> nn.Module:
+    """The head ``classifier`` names; ``zero-shot`` needs the image ``projection`` and ``logit_scale``,
+    ``text`` (the text-tower classifier, :mod:`liftplus.model.text_head`) the ``backbone`` and ``text``
+    options."""
     if classifier == "cosine":
         return CosineClassifier(feature_dim, num_classes, scale=scale)
     if classifier == "linear":
@@ -119,6 +125,10 @@ def make_head(
         if projection is None or logit_scale is None:
             raise ValueError("the zero-shot head needs the image projection and the logit scale")
         return ZeroShotHead(projection, logit_scale, num_classes)
+    if classifier == "text":
+        if backbone is None or text is None:
+            raise ValueError("the text head needs the backbone and its text options")
+        return TextHead(backbone, num_classes, text)
     raise ValueError(f"unknown classifier '{classifier}'")
 
 

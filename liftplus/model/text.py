@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from liftplus.errors import ParamsError
+
 DEFAULT_TEMPLATE = "a photo of a {}."
 
 
@@ -38,6 +40,9 @@ def encode_text_init(
     semantic init of the classifier (reference: ``init_classifier_weight``).
     """
     backbone = getattr(model, "backbone", model)
+    if not callable(getattr(backbone, "encode_text", None)):
+        name = model_name or getattr(getattr(model, "config", None), "name", type(backbone).__name__)
+        raise ParamsError(f"model.name: {name} has no text tower, so class names cannot be encoded (use class_mean)")
     tokenizer = open_clip.get_tokenizer(model_name or model.config.name)
     prompts = class_prompts(classnames, template)
     device = backbone.visual.proj.device

@@ -65,6 +65,46 @@ def test_zero_shot_checkpoint_keeps_the_text_features(tmp_path, images):
         assert torch.equal(loaded(images), model(images))
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"coop_ctx_len": 3, "coop_cls_pos": "middle", "clip_adapter": True, "proj_tuning": True},
+        {"coop_init": "photo"},
+    ],
+)
+def test_text_head_round_trip_gives_bitwise_equal_logits(tmp_path, images, perturb, fields):
+    config = ModelConfig(num_classes=3, peft="none", classifier="text", seed=2, **fields)
+    model = build_model(config)
+    model.head.set_classnames(["dog", "sea_lion", "cat"])
+    perturb(model)
+    path = tmp_path / "coop.pt"
+    save_checkpoint(path, model)
+    state = load_checkpoint(path)["state"]
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(state) == trained | {"head.tokens"}  # the class prompts travel with the weights
+    assert ("backbone.text_projection" in state) == bool(fields.get("proj_tuning"))
+    loaded, loaded_config, _ = model_from_checkpoint(path, num_classes=3)
+    assert loaded_config == config
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model(images))
+    for name, tensor in loaded.trainable_state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+
+
+def test_text_head_checkpoint_of_another_context_length_is_refused_before_the_build(tmp_path):
+    model = build_model(ModelConfig(num_classes=3, peft="none", classifier="text", coop_ctx_len=6))
+    path = tmp_path / "coop.pt"
+    save_checkpoint(path, model)
+    ckpt = load_checkpoint(path)
+    ckpt["config"]["coop_ctx_len"] = 4
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError) as exc_info:
+        model_from_checkpoint(path)
+    assert "key 'head.ctx' has shape (6, 64), expected (4, 64)" in _one_line(exc_info)
+
+
 def test_missing_key_is_named(trained):
     state = dict(trained.trainable_state_dict())
     key = "backbone.visual.transformer.resblocks.2.tuner.adaptformer.scale"
@@ -156,4 +196,6 @@ def test_model_config_for_each_method():
     assert ModelConfig.for_method(params, "lp", 100).peft == "none"
     zs = ModelConfig.for_method(params, "zs", 100)
     assert (zs.peft, zs.classifier) == ("none", "zero-shot")
+    coop = ModelConfig.for_method(params, "coop", 100)
+    assert (coop.peft, coop.classifier, coop.coop_ctx_len) == ("none", "text", 4)
     assert ModelConfig.model_validate(lift.to_dict()) == lift
