@@ -288,3 +288,16 @@ def file_digest(path: str | Path, algorithm: str = "sha256", chunk_size: int = 1
 
 def sha256_file(path: str | Path) -> str:
     return file_digest(path, "sha256")
+
+
+def is_checkpoint_file(pretrained: str) -> bool:
+    """True when ``pretrained`` names a regular file, False when it reads as a tag, not a path;
+    a path that is missing or not a regular file is a CheckpointError."""
+    path = Path(pretrained)
+    if path.is_file():
+        return True
+    if path.exists():
+        raise CheckpointError(f"{pretrained}: backbone checkpoint is not a regular file")
+    if os.sep in pretrained or path.suffix in {".pt", ".pth", ".bin", ".safetensors"}:
+        raise CheckpointError(f"{pretrained}: backbone checkpoint file not found")
+    return False

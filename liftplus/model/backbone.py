@@ -13,7 +13,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import pickle
 import zipfile
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 
 from liftplus.errors import CheckpointError, ParamsError
-from liftplus.io import sha256_file
+from liftplus.io import is_checkpoint_file, sha256_file
 from liftplus.model import timm_vit
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -66,13 +65,8 @@ def _classify_pretrained(name: str, pretrained: str) -> str:
     """'tag' for an open_clip pretrained tag of ``name``, 'file' for a local checkpoint."""
     if open_clip.get_pretrained_cfg(name, pretrained):
         return "tag"
-    path = Path(pretrained)
-    if path.is_file():
+    if is_checkpoint_file(pretrained):
         return "file"
-    if path.exists():
-        raise CheckpointError(f"{pretrained}: backbone checkpoint is not a regular file")
-    if os.sep in pretrained or path.suffix in {".pt", ".pth", ".bin", ".safetensors"}:
-        raise CheckpointError(f"{pretrained}: backbone checkpoint file not found")
     tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
     raise CheckpointError(
         f"model.pretrained: '{pretrained}' is neither a local checkpoint file nor an open_clip tag "

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,6 +35,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmVisionTransf
 from torch import nn
 
 from liftplus.errors import CheckpointError, ParamsError
+from liftplus.io import is_checkpoint_file
 from liftplus.params import TIMM_PREFIX
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "timm"
@@ -93,13 +93,8 @@ def classify_pretrained(name: str, pretrained: str) -> str:
     arch = architecture(name)
     if local_config(arch) is None and timm.list_pretrained(f"{arch}.{pretrained}", exclude_filters=""):
         return "tag"
-    path = Path(pretrained)
-    if path.is_file():
+    if is_checkpoint_file(pretrained):
         return "file"
-    if path.exists():
-        raise CheckpointError(f"{pretrained}: backbone checkpoint is not a regular file")
-    if os.sep in pretrained or path.suffix in {".pt", ".pth", ".bin", ".safetensors"}:
-        raise CheckpointError(f"{pretrained}: backbone checkpoint file not found")
     tags = [t.split(".", 1)[1] for t in timm.list_pretrained(f"{arch}.*")] if local_config(arch) is None else []
     raise CheckpointError(
         f"model.pretrained: '{pretrained}' is neither a local checkpoint file nor a timm pretrained tag "
