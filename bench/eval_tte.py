@@ -36,7 +36,7 @@ def measure(shard_dir: Path) -> dict[str, float]:
     from liftplus.data.loader import ShardIndex
     from liftplus.data.manifest import read_manifest, shard_paths
     from liftplus.data.transforms import test_transform, tte_transform
-    from liftplus.inference import predict_logits
+    from liftplus.evaluation.inference import predict_logits
     from liftplus.model import ModelConfig, build_model
 
     model = build_model(ModelConfig(name=MODEL, pretrained=None, peft="adaptformer", num_classes=NUM_CLASSES))

@@ -6,7 +6,7 @@ with the same attention: fused ``sdpa`` by default, open_clip's stock
 attention for the ``stock_attention_*`` figures); they differ only in
 ``peft``: ``adaptformer`` for lift+, ``full`` for fft.
 
-A step is what ``liftplus.train.fit`` does per batch on CPU (its own ``train_step``): forward,
+A step is what ``liftplus.training.loop.fit`` does per batch on CPU (its own ``train_step``): forward,
 logit-adjusted loss, backward, SGD (momentum 0.9, weight decay 5e-4,
 ``foreach=False``) step, zero_grad; ``set_determinism`` as in ``fit``. The
 step time is the median of the timed steps after a warm-up step, in two
@@ -93,10 +93,10 @@ def measure_arm(peft: str, sdpa: bool, warmup: int, steps: int) -> dict[str, flo
     """One arm, in this process: step times and training-added memory."""
     import torch
 
-    from liftplus.losses import LogitAdjustedLoss
     from liftplus.model import ModelConfig, build_model
     from liftplus.runtime import set_determinism
-    from liftplus.train_step import train_step
+    from liftplus.training.losses import LogitAdjustedLoss
+    from liftplus.training.step import train_step
 
     set_determinism(0, True)
     model = build_model(ModelConfig(name="ViT-B-16", pretrained=None, peft=peft, num_classes=NUM_CLASSES, sdpa=sdpa))

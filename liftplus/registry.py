@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from liftplus.errors import CheckpointError, DataError, GateFailed, LiftplusError
+from liftplus.evaluation.metric_names import ACCURACY_KEYS, TEST_SECTION
 from liftplus.io import file_digest
-from liftplus.metric_names import ACCURACY_KEYS, TEST_SECTION
 from liftplus.params import RegisterParams
 
 METRIC_KEYS = ACCURACY_KEYS

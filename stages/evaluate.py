@@ -6,11 +6,11 @@ from liftplus.data.input_path import eval_input, resolve_hand_off
 from liftplus.data.loader import ShardIndex
 from liftplus.data.manifest import read_manifest, shard_paths
 from liftplus.errors import DataError, exit_on_error
-from liftplus.evaluate import check_classnames, evaluation_report
-from liftplus.inference import predict_logits
+from liftplus.evaluation.inference import predict_logits
+from liftplus.evaluation.metric_names import TEST_SECTION
+from liftplus.evaluation.report import check_classnames, evaluation_report
 from liftplus.io import csv_text, json_text, write_texts
 from liftplus.locks import output_lock
-from liftplus.metric_names import TEST_SECTION
 from liftplus.model.checkpoint import model_from_checkpoint
 from liftplus.params import load_params
 from liftplus.runtime import Distributed, pick_device

@@ -6,11 +6,11 @@ import torch
 
 from liftplus.data.manifest import read_manifest
 from liftplus.errors import exit_on_error
-from liftplus.head_init import save_text_init
 from liftplus.model.backbone import backbone_fingerprint, load_backbone
 from liftplus.model.text import encode_text_init
 from liftplus.model.timm_vit import is_timm_name
 from liftplus.params import load_params
+from liftplus.training.head_init import save_text_init
 from stages import stage_parser
 
 

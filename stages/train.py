@@ -27,8 +27,8 @@ from liftplus.errors import OutputError, exit_on_error
 from liftplus.io import error_reason
 from liftplus.locks import output_lock
 from liftplus.params import load_params, resolved_train
-from liftplus.train import EpochLog, Interrupted, StepLog, StopRequest, best_epoch, fit
-from liftplus.training_run import finish_training, prepare_training, resolved_validation
+from liftplus.training.loop import EpochLog, Interrupted, StepLog, StopRequest, best_epoch, fit
+from liftplus.training.run import finish_training, prepare_training, resolved_validation
 from stages import stage_parser
 
 ACCURACY_DECIMALS, LOSS_DECIMALS = 2, 4

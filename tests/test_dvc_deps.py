@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from liftplus import code_closure
+from liftplus.training import code_closure
 
 REPO = Path(__file__).resolve().parents[1]
 CANNOT_CHANGE_OUTPUTS = {

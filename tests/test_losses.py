@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from liftplus.errors import DataError, ParamsError
-from liftplus.losses import FocalLoss, LDAMLoss, LogitAdjustedLoss, build_loss
+from liftplus.training.losses import FocalLoss, LDAMLoss, LogitAdjustedLoss, build_loss
 
 COUNTS = [300, 150, 60, 30, 10, 5]
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from liftplus.errors import DataError
-from liftplus.metrics import classification_metrics, confusion_matrix, confusion_summary
+from liftplus.evaluation.metrics import classification_metrics, confusion_matrix, confusion_summary
 
 TRAIN_COUNTS = [300, 150, 60, 30, 10, 5]  # many {0, 1}, medium {2, 3}, few {4, 5}
 NAMES = ["a", "b", "c", "d", "e", "f"]

@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 from liftplus.cli import app
 from liftplus.data.transforms import test_transform as centre_crop_transform
 from liftplus.errors import CheckpointError, DataError, OutputError
+from liftplus.evaluation.predict import collect_images, load_predictor, predict_images, write_predictions
 from liftplus.model.build import ModelConfig, build_model
 from liftplus.model.checkpoint import save_checkpoint
-from liftplus.predict import collect_images, load_predictor, predict_images, write_predictions
 from liftplus.registry import ModelVersion
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

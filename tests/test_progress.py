@@ -14,7 +14,7 @@ import liftplus.progress as progress_module
 from liftplus.data.sharding import _shown
 from liftplus.data.sources import Record
 from liftplus.progress import Progress, clock_text, eta_text, line_interval
-from liftplus.train import training_line
+from liftplus.training.loop import training_line
 
 
 class FakeClock:

@@ -38,9 +38,9 @@ from train_kit import (  # noqa: F401  (one_thread: autouse fixture)
 from liftplus.data.transforms import test_transform as eval_transform
 from liftplus.data.transforms import tte_transform
 from liftplus.errors import CheckpointError, TrainingError
-from liftplus.inference import predict_features, predict_logits
+from liftplus.evaluation.inference import predict_features, predict_logits
 from liftplus.runtime import distributed_from_env
-from liftplus.train import Interrupted, StopRequest, fit, trainable_state
+from liftplus.training.loop import Interrupted, StopRequest, fit, trainable_state
 
 
 @pytest.fixture(scope="module")
@@ -348,7 +348,7 @@ def test_code_fingerprint_follows_the_source(tmp_path):
     import subprocess
     import sys
 
-    from liftplus.train import code_fingerprint
+    from liftplus.training.loop import code_fingerprint
 
     copy = tmp_path / "liftplus"
     shutil.copytree(
@@ -356,7 +356,7 @@ def test_code_fingerprint_follows_the_source(tmp_path):
     )
 
     def digest_of_copy() -> str:
-        script = "import liftplus.train as t; print(t.__file__, t.code_fingerprint())"
+        script = "import liftplus.training.loop as t; print(t.__file__, t.code_fingerprint())"
         out = subprocess.run(
             [sys.executable, "-c", script],
             cwd=tmp_path,
@@ -372,7 +372,7 @@ def test_code_fingerprint_follows_the_source(tmp_path):
     cli = copy / "cli.py"
     cli.write_text(cli.read_text() + "\n# an edit\n")
     assert digest_of_copy() == code_fingerprint()
-    losses = copy / "losses.py"
+    losses = copy / "training" / "losses.py"
     losses.write_text(losses.read_text() + "\n# an edit\n")
     assert digest_of_copy() != code_fingerprint()
 
@@ -381,9 +381,9 @@ def test_class_mean_and_probe_inits_see_images_as_the_reference_transform_plain(
     """The reference's init dataset: Resize(res) + CenterCrop(res), not the test transform's res + res // 7."""
     from PIL import Image
 
-    from liftplus import training_run
     from liftplus.data.images import open_image
     from liftplus.params import TrainParams
+    from liftplus.training import run as training_run
 
     seen = {}
 

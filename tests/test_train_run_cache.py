@@ -26,7 +26,8 @@ STATE = Path("data/train_state/last.pt")
 ADAPTER = Path("data/model/adapter.pt")
 METRICS = Path("dvclive/train/metrics.json")
 RESTORED = "Stage 'train' is cached - skipping run, checking out outputs"
-"""What DVC 3 prints for a stage restored from its run cache (flows/dvc_tasks.py reads the same line)."""
+"""What DVC 3 prints for a stage restored from its run cache; the flows never read it (flows/dvc_run.py decides
+from the stage processes DVC started), this test only shows a user the line they will see."""
 PROJECT = {
     "validate": {"sample_size": 32},
     "train": {"epochs": 1, "batch_size": 8, "micro_batch": 4, "workers": 0},

@@ -12,8 +12,8 @@ import yaml
 
 from liftplus.data.transforms import eval_resize
 from liftplus.errors import ParamsError
+from liftplus.evaluation.predict import REFERENCE_CONFIG, EvalConfig, evaluated_config, version_label
 from liftplus.params import EvaluateParams, parse_params
-from liftplus.predict import REFERENCE_CONFIG, EvalConfig, evaluated_config, version_label
 from liftplus.registry import ModelVersion
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -23,8 +23,8 @@ from liftplus.data.transforms import test_transform as eval_transform
 from liftplus.data.transforms import train_transform
 from liftplus.errors import DataError, TrainingError
 from liftplus.params import TrainParams, load_params, resolved_train
-from liftplus.train import Interrupted, StopRequest, Validation, best_epoch, fit, trainable_state
-from liftplus.training_run import holdout_indices, prepare_training, resolved_validation
+from liftplus.training.loop import Interrupted, StopRequest, Validation, best_epoch, fit, trainable_state
+from liftplus.training.run import holdout_indices, prepare_training, resolved_validation
 
 NUM_CLASSES, EPOCHS = 4, 3
 METRICS = ("acc", "acc_mean_class", "acc_many", "acc_medium", "acc_few")

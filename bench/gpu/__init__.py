@@ -17,7 +17,7 @@ not depend on the values):
   ``DataLoader`` (``pin_memory``, the same workers), the model with open_clip's
   stock attention (``sdpa: false``), fp16 autocast + ``GradScaler``, eager,
   ``SGD`` (momentum 0.9, weight decay 5e-4, torch's default implementation);
-* ``ours``: what ``liftplus.train.fit`` runs with the project's defaults:
+* ``ours``: what ``liftplus.training.loop.fit`` runs with the project's defaults:
   ``ShardIndex`` over the shards with ``train_input`` (MDA; ``input: auto``,
   i.e. uint8 crops normalised on the GPU by ``finish_batch``), ``make_loader``
   (pinned, prefetch 4, persistent workers), fused attention (``sdpa: true``),

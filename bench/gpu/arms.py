@@ -43,7 +43,7 @@ class Arms:
         return build_model(config)
 
     def loss_fn(self):
-        from liftplus.losses import LogitAdjustedLoss
+        from liftplus.training.losses import LogitAdjustedLoss
 
         counts = list(self.plan["class_counts"])
         counts += [1] * (self.plan["num_classes"] - len(counts))
@@ -55,12 +55,12 @@ class Arms:
         return [i % n for i in range(batch * batches)]
 
     def our_step(self, model, loss_fn) -> Callable:
-        """``fit``'s step for one micro-batch, by construction: ``liftplus.train_step.train_step``
+        """``fit``'s step for one micro-batch, by construction: ``liftplus.training.step.train_step``
         (accumulation 1, bf16 on CUDA: no scaler), then the loss and accuracy reads fit makes."""
         import torch
 
         from liftplus.runtime import autocast_dtype
-        from liftplus.train_step import train_step
+        from liftplus.training.step import train_step
 
         device = self.device
         amp_dtype = autocast_dtype("auto", device)
@@ -228,12 +228,12 @@ class Arms:
         return self.model_only(compiled=True)
 
     def eval(self) -> dict[str, Any]:
-        """``predict_logits``' loop (``liftplus.inference.run_inference``), without and with TTE."""
+        """``predict_logits``' loop (``liftplus.evaluation.inference.run_inference``), without and with TTE."""
         import torch
 
         from liftplus.data.input_path import eval_input, finish_batch, resolve_hand_off
         from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
-        from liftplus.inference import forward_crops
+        from liftplus.evaluation.inference import forward_crops
         from liftplus.runtime import autocast_dtype
 
         started = time.perf_counter()

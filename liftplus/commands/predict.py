@@ -3,7 +3,7 @@
 torch and open_clip are imported only when the command runs, so ``liftplus --help`` stays fast.
 The output file's folder must exist, and that is checked, with the output format, before any work.
 
-By default images are seen as the model was evaluated (:func:`liftplus.predict.evaluated_config`):
+By default images are seen as the model was evaluated (:func:`liftplus.evaluation.predict.evaluated_config`):
 for the project's model and registered versions, ``evaluate.tte`` / ``tte_expand`` of the params
 file (a version's own record of ``tte`` first); for any other checkpoint the reference's TTE.
 ``--tte`` / ``--no-tte`` override it. An unreadable image found in a folder is reported on
@@ -27,7 +27,7 @@ from liftplus.data.images import DEFAULT_MAX_PIXELS
 from liftplus.params import DEFAULT_PARAMS_FILE, EvaluateParams, load_params
 
 if TYPE_CHECKING:
-    from liftplus.predict import ImagePredictions
+    from liftplus.evaluation.predict import ImagePredictions
 
 DEFAULT_MODEL = "data/model/adapter.pt"
 
@@ -98,7 +98,7 @@ def predict(
     from tqdm import tqdm
 
     from liftplus.errors import DataError
-    from liftplus.predict import (
+    from liftplus.evaluation.predict import (
         check_output_path,
         collect_images,
         evaluated_config,

@@ -87,7 +87,7 @@ def test_evaluate_checkpoint_from_another_backbone(tmp_path, params_file, shards
 
 
 def test_train_refuses_head_init_for_other_class_names(tmp_path, params_file, shards, head):
-    from liftplus.head_init import save_text_init
+    from liftplus.training.head_init import save_text_init
 
     theirs = torch.load(head, weights_only=True)
     other = tmp_path / "text_init.pt"

@@ -28,7 +28,11 @@ def test_second_train_stage_on_the_same_outputs_is_refused(tmp_path, params_file
     out = tmp_path / "out"
     adapter = out / "model" / "adapter.pt"
     first = PausedStage(
-        "train", "liftplus.train:fit", *train_args(first_params, shards, head, out), workdir=tmp_path, name="first"
+        "train",
+        "liftplus.training.loop:fit",
+        *train_args(first_params, shards, head, out),
+        workdir=tmp_path,
+        name="first",
     )
     second, first_code = first.meanwhile(lambda: invoke("train", *train_args(second_params, shards, head, out)))
 
@@ -50,7 +54,7 @@ def test_second_shard_or_evaluate_stage_on_the_same_output_is_refused(tmp_path, 
     args = {
         "shard": ("liftplus.data.shard_writer:_Shard.close", ["--params", params_file, "--out", out]),
         "evaluate": (
-            "liftplus.inference:predict_logits",
+            "liftplus.evaluation.inference:predict_logits",
             ["--params", params_file, "--shards", shards, "--model", checkpoint, "--out", out],
         ),
     }

@@ -15,7 +15,7 @@ from torch import nn
 from liftplus.data.loader import ShardIndex
 from liftplus.data.transforms import train_transform
 from liftplus.model import ModelConfig, build_model
-from liftplus.train import RunConfig, fit
+from liftplus.training.loop import RunConfig, fit
 
 NUM_CLASSES, PER_CLASS, EPOCHS = 4, 12, 2
 CPU = torch.device("cpu")

@@ -21,15 +21,15 @@ from liftplus.commands.peft_summary import peft_summary
 from liftplus.data.loader import ShardIndex
 from liftplus.data.transforms import train_transform
 from liftplus.errors import DataError, ParamsError
-from liftplus.losses import build_loss
 from liftplus.model import TINY_MODEL, ModelConfig, build_model, model_from_checkpoint, save_checkpoint
 from liftplus.model.heads import ZeroShotHead
 from liftplus.model.text import encode_text_init
 from liftplus.model.text_head import TextHead, context_indices, coop_template
 from liftplus.params import METHOD_DEFAULTS, ModelParams, TrainParams, parse_params, resolved_train
-from liftplus.train import RunConfig, fit
-from liftplus.train_step import train_step
-from liftplus.training_run import initialise_head
+from liftplus.training.loop import RunConfig, fit
+from liftplus.training.losses import build_loss
+from liftplus.training.run import initialise_head
+from liftplus.training.step import train_step
 
 CLASSES = ["dog", "sea_lion", "cat", "great white shark"]
 DIMS = "liftplus-test-text-dims"

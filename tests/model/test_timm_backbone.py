@@ -35,7 +35,7 @@ from liftplus.model.backbone import has_text_tower
 from liftplus.model.peft import insert_peft
 from liftplus.model.timm_vit import TINY_TIMM_MODEL, local_config, to_open_clip
 from liftplus.params import ModelParams, load_params, parse_params, resolved_train
-from liftplus.training_run import initialise_head
+from liftplus.training.run import initialise_head
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=0)
 

@@ -1,4 +1,4 @@
-"""One micro-batch of training, as :func:`liftplus.train.fit` runs it and the benchmarks time it.
+"""One micro-batch of training, as :func:`liftplus.training.loop.fit` runs it and the benchmarks time it.
 
 Kept apart from the loop (and from everything the loop needs besides: states, validation,
 metrics) so a benchmark on a machine with PyTorch alone times the very step training runs.

@@ -1,7 +1,7 @@
 """Assemble one training run from params and the sharded data: model, head init, data, loss.
 
 The train stage calls :func:`prepare_training`, hands the result to
-:func:`liftplus.train.fit`, then :func:`finish_training` writes the compact
+:func:`liftplus.training.loop.fit`, then :func:`finish_training` writes the compact
 checkpoint. Kept apart from the loop so the loop stays readable.
 """
 
@@ -21,17 +21,17 @@ from liftplus.data.input_path import eval_input, resolve_hand_off, train_input
 from liftplus.data.loader import ShardIndex
 from liftplus.data.manifest import shard_paths
 from liftplus.errors import DataError, ParamsError
-from liftplus.head_init import load_text_init
-from liftplus.inference import predict_features
+from liftplus.evaluation.inference import predict_features
 from liftplus.io import sha256_file
-from liftplus.losses import build_loss
 from liftplus.model.backbone import backbone_fingerprint
 from liftplus.model.build import LiftModel, ModelConfig, build_model
 from liftplus.model.checkpoint import save_checkpoint
 from liftplus.model.heads import class_mean_weights, linear_probe_weights
 from liftplus.params import Params, TrainParams
 from liftplus.runtime import Distributed, distributed_from_env, pick_device
-from liftplus.train import RunConfig, Validation, code_fingerprint, run_fingerprint
+from liftplus.training.head_init import load_text_init
+from liftplus.training.loop import RunConfig, Validation, code_fingerprint, run_fingerprint
+from liftplus.training.losses import build_loss
 
 PLAIN_EXPAND = 0
 """The class-mean and linear-probe inits resize to the resolution itself (the reference's

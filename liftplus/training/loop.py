@@ -29,17 +29,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from liftplus.code_closure import import_closure
 from liftplus.data.input_path import finish_batch
 from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
 from liftplus.errors import CheckpointError, TrainingError
-from liftplus.inference import run_inference
+from liftplus.evaluation.inference import run_inference
+from liftplus.evaluation.metrics import classification_metrics
 from liftplus.io import load_torch, save_torch
-from liftplus.metrics import classification_metrics
 from liftplus.model.checkpoint import first_non_finite, load_trainable_state
 from liftplus.progress import Progress, eta_text
 from liftplus.runtime import Distributed, autocast_dtype, init_distributed, pick_device, set_determinism
-from liftplus.train_step import NonFiniteLoss, train_step
+from liftplus.training.code_closure import import_closure
+from liftplus.training.step import NonFiniteLoss, train_step
 
 STATE_FORMAT = "liftplus-train-state/2"
 
@@ -92,7 +92,7 @@ class StepLog:
 
 @dataclass
 class Validation:
-    """Samples scored after every epoch (``liftplus.training_run`` builds it from params)."""
+    """Samples scored after every epoch (``liftplus.training.run`` builds it from params)."""
 
     dataset: ShardIndex
     """With the test transform (centre crop, no TTE: it runs every epoch)."""
@@ -137,7 +137,7 @@ def run_fingerprint(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-TRAINING_CODE = "liftplus/training_run.py"
+TRAINING_CODE = "liftplus/training/run.py"
 """Where a training run is put together: its import closure is the code a resumed state must match."""
 
 
@@ -149,7 +149,7 @@ def code_fingerprint() -> str:
     files :data:`TRAINING_CODE` can import count, so an edit of ``cli.py`` or of the
     registry keeps a resumable state.
     """
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     digest = hashlib.sha256()
     for name in sorted(import_closure(root / TRAINING_CODE, root)):
         digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")

@@ -31,7 +31,7 @@ from liftplus.data.images import (
 )
 from liftplus.data.transforms import eval_resize, test_transform, to_rgb, tte_transform
 from liftplus.errors import DataError, OutputError, ParamsError
-from liftplus.inference import forward_crops
+from liftplus.evaluation.inference import forward_crops
 from liftplus.io import csv_text, write_json, write_text
 from liftplus.model.build import LiftModel
 from liftplus.model.checkpoint import checkpoint_classnames, model_from_checkpoint

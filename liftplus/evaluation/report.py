@@ -7,12 +7,12 @@ from collections.abc import Sequence
 import torch
 
 from liftplus.errors import CheckpointError
-from liftplus.metric_names import TEST_SECTION, rounded
-from liftplus.metrics import GROUPS, confusion_matrix, confusion_summary, metrics_from_confusion
+from liftplus.evaluation.metric_names import TEST_SECTION, rounded
+from liftplus.evaluation.metrics import GROUPS, confusion_matrix, confusion_summary, metrics_from_confusion
 
 
 def accuracy_section(m: dict, num_samples: int) -> dict:
-    """The headline section of eval.json from :func:`liftplus.metrics.metrics_from_confusion`'s result."""
+    """The headline section of eval.json from :func:`liftplus.evaluation.metrics.metrics_from_confusion`'s result."""
     section = {"acc": rounded(m["accuracy"]), "acc_mean_class": rounded(m["mean_class_accuracy"])}
     section.update({f"acc_{group}": rounded(m[group]) for group in GROUPS})
     section["images"] = num_samples
