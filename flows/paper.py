@@ -35,9 +35,7 @@ An experiment that fails is a row marked failed; the command then exits 1, after
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
-import io
 import json
 import sys
 import time
@@ -67,6 +65,7 @@ from flows.dvc_tasks import (
 from flows.report import ACCURACY_LABELS, accuracy_cell, cell, end_with
 from flows.sweep import PARAMS_FILE, baseline_commit, collect_results
 from liftplus.errors import LiftplusError, ParamsError
+from liftplus.io import csv_text
 from liftplus.params import METHOD_DEFAULTS, TrainParams, parse_params, resolved_train
 from liftplus.presets import load_preset, preset_names, set_args, with_root
 
@@ -92,6 +91,9 @@ KNOWN_CLASSES = {
 """Class counts for an experiment that recorded none (it failed before the validate stage)."""
 RECIPE_KEYS = ("epochs", "lr", "mda")
 """The train keys a method's recipe fills in (:data:`METHOD_DEFAULTS`)."""
+METHOD_BATCH_SIZE = {"coop": 32}
+"""The batch of a method whose reference recipe sets one (configs/method/coop.yaml); ``train.batch_size``
+has no per-method default, so the flow sets it and ``micro_batch`` for such a method's experiments."""
 TRAIN_STAGE = "train"
 COLUMNS = (
     "dataset",
@@ -200,8 +202,8 @@ def method_values(
 
     A preset's epochs, lr and mda that equal its own method's default go back to null (the
     method's default); a choice of the dataset's own (iNaturalist's 15 epochs) stays; ``zs``
-    trains nothing, so its recipe keys are null whatever the preset says. ``epochs`` (all
-    methods but zs) sets the epochs last."""
+    trains nothing, so its recipe keys are null whatever the preset says; coop trains in batches
+    of 32 (:data:`METHOD_BATCH_SIZE`). ``epochs`` (all methods but zs) sets the epochs last."""
     merged = {**values, "train.method": method}
     own = METHOD_DEFAULTS.get(preset_method or "", {})
     if method != preset_method:
@@ -209,6 +211,8 @@ def method_values(
             dotted = f"train.{key}"
             if dotted in merged and (method == "zs" or merged[dotted] == own.get(key)):
                 merged[dotted] = None
+    if method in METHOD_BATCH_SIZE:
+        merged["train.batch_size"] = merged["train.micro_batch"] = METHOD_BATCH_SIZE[method]
     if epochs is not None and method != "zs":
         merged["train.epochs"] = epochs
     return merged
@@ -390,27 +394,25 @@ def paper_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(["# liftplus paper table", "", *lines, "", *notes, *([""] if notes else []), footer]) + "\n"
 
 
-def csv_text(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
-    for row in rows:
-        writer.writerow(
-            [
-                row["dataset"],
-                row["method"],
-                row["experiment"] or "",
-                row["status"],
-                *("" if row["accuracy"].get(label) is None else row["accuracy"][label] for label in ACCURACY_LABELS),
-                "" if row["trainable_params"] is None else row["trainable_params"],
-                row["epochs"],
-                *(
-                    round(v, 1) if isinstance(v, float) else "" if v is None else v
-                    for v in (row["train_seconds"], row["run_seconds"])
-                ),
-            ]
-        )
-    return buffer.getvalue()
+def table_csv(rows: list[dict[str, Any]]) -> str:
+    """``data/paper/table.csv``: one line per dataset and method, empty cells where nothing was measured."""
+
+    def values(row: dict[str, Any]) -> list[Any]:
+        return [
+            row["dataset"],
+            row["method"],
+            row["experiment"] or "",
+            row["status"],
+            *("" if row["accuracy"].get(label) is None else row["accuracy"][label] for label in ACCURACY_LABELS),
+            "" if row["trainable_params"] is None else row["trainable_params"],
+            row["epochs"],
+            *(
+                round(v, 1) if isinstance(v, float) else "" if v is None else v
+                for v in (row["train_seconds"], row["run_seconds"])
+            ),
+        ]
+
+    return csv_text([dict(zip(CSV_FIELDS, values(row))) for row in rows], CSV_FIELDS)
 
 
 @task(task_run_name="dvc-plots-paper", cache_policy=NO_CACHE)
@@ -419,7 +421,7 @@ def write_plot(rows: list[dict[str, Any]], repo: str) -> Optional[Path]:
     the page, or None if DVC rendered none (the files are written either way)."""
     root = Path(repo)
     (root / TABLE_FILE).parent.mkdir(parents=True, exist_ok=True)
-    (root / TABLE_FILE).write_text(csv_text(rows))
+    (root / TABLE_FILE).write_text(table_csv(rows))
     (root / TEMPLATE_FILE).write_text(json.dumps(BARS_TEMPLATE, indent=2) + "\n")
     (root / PLOTS_OUT).parent.mkdir(parents=True, exist_ok=True)
     try:

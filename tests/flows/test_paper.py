@@ -202,6 +202,15 @@ def test_a_preset_keeps_its_own_choices_and_gives_each_method_its_recipe():
     assert method_values({}, None, "zs", 1) == {"train.method": "zs"}
 
 
+def test_coop_trains_in_the_reference_batch_of_32_and_checks_as_params():
+    roots = parse_roots(["imagenet-lt=/data/imagenet"], ["imagenet-lt"])
+    plan = {e["method"]: e for e in paper.checked_plan("imagenet-lt", "lift+,coop", roots, None, PROJECT_ROOT)}
+    coop, lift_plus = plan["coop"]["values"], plan["lift+"]["values"]
+    assert (coop["train.batch_size"], coop["train.micro_batch"]) == (32, 32), "configs/method/coop.yaml: batch 32"
+    assert (lift_plus["train.batch_size"], lift_plus["train.micro_batch"]) == (128, 128)
+    assert (coop["train.epochs"], coop["train.lr"], coop["train.mda"], plan["coop"]["epochs"]) == (None, None, None, 50)
+
+
 def test_refusals_name_what_to_fix():
     with pytest.raises(PaperRefused, match="^dataset places-lt needs the folder of its data: --root places-lt=PATH$"):
         paper.checked_plan(["demo", "places-lt"], ["lp"], None, None, PROJECT_ROOT)
