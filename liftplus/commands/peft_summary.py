@@ -140,9 +140,7 @@ def peft_summary(
     text_args = _text_head_args(classifier, coop_ctx_len, coop_init, clip_adapter, clip_adapter_dim, proj_tuning)
     layer_spec = _layers_option(layers)
     from liftplus.model.build import ModelConfig, build_model
-    from liftplus.model.peft import aft_ratio_used, method_layers, tuner_sizes
     from liftplus.model.summary import parameter_summary
-    from liftplus.model.text_head import text_head_counts, text_options
 
     config = ModelConfig(
         name=model,
@@ -158,10 +156,49 @@ def peft_summary(
     )
     built = build_model(config)
     summary = parameter_summary(built)
+    if built.is_resnet:
+        _resnet_rows(summary, built, methods, classifier, config)
+    else:
+        _vit_rows(summary, built, methods, classifier, config)
+    if json_:
+        print(json.dumps(summary, indent=2))
+        return
+    _print_table(summary)
+
+
+def _resnet_rows(summary: dict, built, methods: tuple[str, ...], classifier: str, config) -> None:
+    """A CLIP ResNet: every block is tuned by full/BitFit, the SSF sits on the pooled feature; the
+    reference's count from :func:`~liftplus.model.resnet.resnet_formula`."""
+    from liftplus.model.resnet import resnet_formula, resnet_vision_cfg
+    from liftplus.model.text_head import text_head_counts, text_options
+
+    vision = resnet_vision_cfg(config.name)
+    summary["peft"] = "+".join(methods)
+    summary["resnet"] = True
+    summary["tuned_layers"] = list(range(summary["layers"])) if {"full", "bitfit"} & set(methods) else []
+    summary["bottlenecks"] = {}
+    d = summary["width"]
+    text_head = 0
+    if classifier == "text":
+        counts = text_head_counts(text_options(config), built.backbone.token_embedding.weight.shape[1], d, d)
+        summary["text_head"] = counts
+        text_head = sum(counts.values())
+    summary["formula"] = resnet_formula(
+        methods, vision["layers"], int(vision.get("width", 64)), d, config.num_classes, classifier, text_head
+    )
+
+
+def _vit_rows(summary: dict, built, methods: tuple[str, ...], classifier: str, config) -> None:
+    """A ViT: tuned blocks, bottlenecks, AFT share and the reference's per-block count."""
+    from liftplus.model.backbone import image_projection
+    from liftplus.model.peft import aft_ratio_used, method_layers, tuner_sizes
+    from liftplus.model.text_head import text_head_counts, text_options
+
+    num_classes, bottleneck, aft_loc = config.num_classes, config.bottleneck, config.aft_loc
     depth, d = summary["layers"], summary["width"]
     tuned = {m: method_layers(m, config.peft_layers, depth) for m in methods}
     sizes = tuner_sizes(methods, num_classes, depth, bottleneck, config.peft_layers)
-    ratio = aft_ratio_used(aft_ratio, num_classes, len(tuned.get("aft", [])), d, aft_loc)
+    ratio = aft_ratio_used(config.aft_ratio, num_classes, len(tuned.get("aft", [])), d, aft_loc)
     mlp = built.backbone.visual.transformer.resblocks[0].block.mlp[0].out_features
     summary["peft"] = "+".join(methods)
     summary["tuned_layers"] = sorted(set().union(*tuned.values()))
@@ -172,7 +209,10 @@ def peft_summary(
     if classifier == "text":
         backbone = built.backbone
         counts = text_head_counts(
-            text_options(config), backbone.token_embedding.weight.shape[1], backbone.visual.proj.shape[1], d
+            text_options(config),
+            backbone.token_embedding.weight.shape[1],
+            image_projection(backbone.visual).shape[1],
+            d,
         )
         summary["text_head"] = counts
         text_head = sum(counts.values())
@@ -183,10 +223,6 @@ def peft_summary(
         summary["adaptformer_formula"] = adaptformer_formula(
             len(tuned["adaptformer"]), d, summary["bottleneck"], num_classes
         ) + (num_classes if classifier == "linear" else 0)
-    if json_:
-        print(json.dumps(summary, indent=2))
-        return
-    _print_table(summary)
 
 
 def _text_head_args(
@@ -263,7 +299,8 @@ def _print_table(summary: dict) -> None:
         ("trainable % of image encoder + head", f"{summary['trainable_percent_of_image_encoder']:.3f}%"),
     ]
     agrees = "agrees" if summary["formula"] == summary["trainable_total"] else "DIFFERS"
-    rows.append(("reference formula (per-block shapes x tuned L + head)", f"{summary['formula']:,} ({agrees})"))
+    rule = "block shapes + SSF + head" if summary.get("resnet") else "per-block shapes x tuned L + head"
+    rows.append((f"reference formula ({rule})", f"{summary['formula']:,} ({agrees})"))
     if "adaptformer_formula" in summary:
         agrees = "agrees" if summary["adaptformer_formula"] == summary["trainable_total"] else "DIFFERS"
         rows.append(("L(2dr+r+3d+1) + Kd", f"{summary['adaptformer_formula']:,} ({agrees})"))

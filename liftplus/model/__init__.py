@@ -2,6 +2,7 @@
 
 from liftplus.model.backbone import (
     TINY_MODEL,
+    TINY_RN_MODEL,
     Preprocess,
     backbone_fingerprint,
     image_features,
@@ -29,6 +30,7 @@ from liftplus.model.text import class_prompts, encode_text_init
 
 __all__ = [
     "TINY_MODEL",
+    "TINY_RN_MODEL",
     "Preprocess",
     "backbone_fingerprint",
     "image_features",

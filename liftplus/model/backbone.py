@@ -1,9 +1,11 @@
 """The frozen open_clip backbone: loading, fingerprinting, and the image feature.
 
-The image feature fed to the classifier is the class-token output after
-``ln_post`` and *before* the projection (768-d for ViT-B-16), as in the
-reference. :func:`image_features` wires open_clip's own submodules together so
-that PEFT-wrapped blocks (see :mod:`liftplus.model.peft`) take part.
+The image feature fed to the classifier is, for a ViT, the class-token output
+after ``ln_post`` and *before* the projection (768-d for ViT-B-16); for a CLIP
+ResNet (RN50, ...), the attention-pool output, which is already projected
+(1024-d for RN50), as in the reference. :func:`image_features` wires open_clip's
+own submodules together so that PEFT-wrapped blocks (see
+:mod:`liftplus.model.peft`, :mod:`liftplus.model.resnet`) take part.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ from torch import nn
 from liftplus.errors import CheckpointError, ParamsError
 from liftplus.io import is_checkpoint_file, sha256_file
 from liftplus.model import timm_vit
+from liftplus.model.resnet import is_resnet, resnet_features
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TINY_MODEL = "liftplus-tiny-vit"
+TINY_RN_MODEL = "liftplus-tiny-rn"
+"""A CLIP ResNet of the same tiny size (layers 1-1-1-1, width 8): the ResNet path in tests."""
 
 open_clip.add_model_config(CONFIG_DIR)
 
@@ -56,7 +61,7 @@ def _model_config(name: str) -> dict:
     if config is None:
         raise ParamsError(
             f"model.name: '{name}' is not an open_clip model config "
-            f"(e.g. ViT-B-16, ViT-B-16-quickgelu, {TINY_MODEL}; see open_clip.list_models())"
+            f"(e.g. ViT-B-16, ViT-B-16-quickgelu, RN50, {TINY_MODEL}; see open_clip.list_models())"
         )
     return config
 
@@ -149,13 +154,13 @@ def load_backbone(name: str, pretrained: Optional[str] = None, seed: int = 0) ->
             raise _load_error(name, pretrained if pretrained is not None else name, exc) from None
     model.requires_grad_(False)
     visual = model.visual
-    if (
-        not isinstance(visual, VisionTransformer)
-        or visual.attn_pool is not None
-        or visual.pool_type not in ("tok", "avg")
-    ):
-        raise ParamsError(f"model.name: '{name}' is not a plain ViT image encoder (LIFT+ needs one)")
+    if not (is_resnet(visual) or _is_plain_vit(visual)):
+        raise ParamsError(f"model.name: '{name}' is not a plain ViT or CLIP ResNet image encoder (LIFT+ needs one)")
     return model, _preprocess_of(visual)
+
+
+def _is_plain_vit(visual: nn.Module) -> bool:
+    return isinstance(visual, VisionTransformer) and visual.attn_pool is None and visual.pool_type in ("tok", "avg")
 
 
 @contextlib.contextmanager
@@ -195,13 +200,23 @@ def vision_blocks(visual: VisionTransformer) -> nn.ModuleList:
     return visual.transformer.resblocks
 
 
-def image_features(visual: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
-    """Class-token feature after ``ln_post``, before ``proj``: [N, width].
+def image_projection(visual: nn.Module) -> Optional[torch.Tensor]:
+    """The projection from the image feature into the joint embedding space; None for a CLIP ResNet,
+    whose feature (the attention pool's output) is in that space already, and for a timm ViT."""
+    return None if is_resnet(visual) else getattr(visual, "proj", None)
 
-    Same wiring as open_clip's ``VisionTransformer.forward`` up to the
-    projection. Tokens added by visual prompts (VPT) sit between the class
-    token and the patches; they are dropped before pooling.
+
+def image_features(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The image feature: [N, width] for a ViT, [N, output_dim] for a CLIP ResNet.
+
+    ViT: the class-token feature after ``ln_post``, before ``proj``, same
+    wiring as open_clip's ``VisionTransformer.forward`` up to the projection.
+    Tokens added by visual prompts (VPT) sit between the class token and the
+    patches; they are dropped before pooling. ResNet: see
+    :func:`~liftplus.model.resnet.resnet_features`.
     """
+    if is_resnet(visual):
+        return resnet_features(visual, images)
     x = visual.conv1(images.to(visual.conv1.weight.dtype))
     x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
     class_token = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)

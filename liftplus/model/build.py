@@ -10,9 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, m
 from torch import nn
 
 from liftplus.errors import ParamsError
-from liftplus.model.backbone import TINY_MODEL, Preprocess, image_features, load_backbone
+from liftplus.model.backbone import TINY_MODEL, Preprocess, image_features, image_projection, load_backbone
 from liftplus.model.heads import ClassifierName, make_head, set_head_weights
 from liftplus.model.peft import PeftBlock, PeftName, insert_peft, peft_methods
+from liftplus.model.resnet import (
+    check_resnet_config,
+    freeze_batchnorm,
+    insert_resnet_peft,
+    is_resnet,
+    resnet_blocks,
+    resnet_vision_cfg,
+)
 from liftplus.model.text_head import text_options
 from liftplus.model.timm_vit import is_timm_name
 from liftplus.params import ModelParams
@@ -121,7 +129,9 @@ class LiftModel(nn.Module):
     """``head(features(images))`` with ``features`` the frozen image encoder plus tuners.
 
     ``backbone`` is the whole open_clip model (the text tower stays available
-    for head init and zero-shot, never trained).
+    for head init and zero-shot, never trained). Its BatchNorm layers (a CLIP
+    ResNet's) stay in eval mode whatever mode the model is put in, so their
+    running statistics are never updated (see :mod:`liftplus.model.resnet`).
     """
 
     def __init__(
@@ -138,13 +148,27 @@ class LiftModel(nn.Module):
         self.head = head
         self.preprocess = preprocess
         self.bottleneck = bottleneck
+        freeze_batchnorm(self.backbone)
+
+    def train(self, mode: bool = True) -> LiftModel:
+        super().train(mode)
+        freeze_batchnorm(self.backbone)
+        return self
+
+    @property
+    def is_resnet(self) -> bool:
+        return is_resnet(self.backbone.visual)
 
     @property
     def feature_dim(self) -> int:
+        if self.is_resnet:
+            return self.backbone.visual.output_dim
         return self.backbone.visual.transformer.width
 
     @property
     def num_layers(self) -> int:
+        if self.is_resnet:
+            return len(resnet_blocks(self.backbone.visual))
         return len(self.backbone.visual.transformer.resblocks)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -167,7 +191,18 @@ class LiftModel(nn.Module):
         set_head_weights(self.head, weights, source)
 
     def peft_blocks(self) -> list[PeftBlock]:
+        """The ViT's wrapped blocks; none for a CLIP ResNet (its tuners are its own tensors and ``tuner``)."""
+        if self.is_resnet:
+            return []
         return [b for b in self.backbone.visual.transformer.resblocks if isinstance(b, PeftBlock)]
+
+    def peft_modules(self) -> list[nn.Module]:
+        """The modules of the image encoder PEFT may train tensors of: the ViT's blocks, or the ResNet's
+        blocks and its ``tuner`` (SSF)."""
+        visual = self.backbone.visual
+        if not self.is_resnet:
+            return [visual.transformer.resblocks]
+        return [*resnet_blocks(visual), *([visual.tuner] if hasattr(visual, "tuner") else [])]
 
 
 TEXT_CLASSIFIERS = ("zero-shot", "text")
@@ -181,29 +216,48 @@ def build_model(config: ModelConfig) -> LiftModel:
             f"train.method: the {config.classifier} classifier needs a CLIP text tower and model.name "
             f"{config.name} has none (a timm ViT): use lift+, lift, fft or lp"
         )
+    if resnet_vision_cfg(config.name) is not None:
+        check_resnet_config(config.name, config.methods, config.peft_layers)
+        _check_resnet_text_options(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         backbone, preprocess = load_backbone(config.name, config.pretrained, config.seed)
-        bottleneck = insert_peft(
-            backbone.visual.transformer.resblocks,
-            config.peft,
-            config.num_classes,
-            bottleneck=config.bottleneck,
-            sdpa=config.sdpa,
-            layers=config.peft_layers,
-            aft_ratio=config.aft_ratio,
-            aft_loc=config.aft_loc,
-            aft_seed=config.aft_seed,
-        )
         visual = backbone.visual
+        if is_resnet(visual):
+            insert_resnet_peft(visual, config.methods)
+            bottleneck, feature_dim = None, visual.output_dim
+        else:
+            bottleneck = insert_peft(
+                visual.transformer.resblocks,
+                config.peft,
+                config.num_classes,
+                bottleneck=config.bottleneck,
+                sdpa=config.sdpa,
+                layers=config.peft_layers,
+                aft_ratio=config.aft_ratio,
+                aft_loc=config.aft_loc,
+                aft_seed=config.aft_seed,
+            )
+            feature_dim = visual.transformer.width
         head = make_head(
             config.classifier,
-            visual.transformer.width,
+            feature_dim,
             config.num_classes,
             scale=config.scale,
-            projection=visual.proj,
+            projection=image_projection(visual),
             logit_scale=backbone.logit_scale,
             backbone=backbone,
             text=text_options(config) if config.classifier == "text" else None,
         )
     return LiftModel(config, backbone, head, preprocess, bottleneck)
+
+
+def _check_resnet_text_options(config: ModelConfig) -> None:
+    """CLIP-Adapter and projection tuning act on the image projection, which a CLIP ResNet lacks (the
+    reference's ``add_clip_adapter`` and ``unfreeze_image_proj`` fail on one)."""
+    option = "clip_adapter" if config.clip_adapter else "proj_tuning" if config.proj_tuning else None
+    if option is not None:
+        raise ParamsError(
+            f"model.{option}: {config.name} is a CLIP ResNet, with no image projection to adapt or tune "
+            "(its attention pool projects): leave it off"
+        )

@@ -27,6 +27,7 @@ from liftplus.model import timm_vit
 from liftplus.model.backbone import backbone_fingerprint
 from liftplus.model.build import LiftModel, ModelConfig, build_model
 from liftplus.model.peft import aft_count, aft_ratio_used, method_layers, tuned_blocks, tuner_sizes
+from liftplus.model.resnet import check_resnet_config, resnet_vision_cfg, trained_shapes
 from liftplus.model.text_head import text_head_shapes
 
 FORMAT = "liftplus-adapter/1"
@@ -223,6 +224,9 @@ def check_config_fits_state(config: ModelConfig, state: Mapping[str, torch.Tenso
     JSON config. Keys it does not know are left to the strict load after the build.
     """
     path = Path(path)
+    if resnet_vision_cfg(config.name) is not None:
+        _check_resnet_state(config, state, path)
+        return
     tower = _vision_tower(config, path)
     layers = tower["layers"]
     peft = "+".join(config.methods)
@@ -240,10 +244,7 @@ def check_config_fits_state(config: ModelConfig, state: Mapping[str, torch.Tenso
                 f"{path}: key '{key}' has shape {tuple(state[key].shape)}, expected {shape} ({described})"
             )
 
-    for key, shape in _head_shapes(config, tower).items():
-        if key not in state:
-            raise CheckpointError(f"{path}: missing key '{key}'")
-        check_shape(key, shape)
+    _check_head(config, tower, state, path, check_shape)
     per_block = _block_shapes(tower["width"], tower["mlp"], sizes, _aft_ratio(config, tower))
     blocks: set[int] = set()
     for key in state:
@@ -264,6 +265,48 @@ def check_config_fits_state(config: ModelConfig, state: Mapping[str, torch.Tenso
         raise CheckpointError(
             f"{path}: state has {peft} tensors in blocks {sorted(blocks)}, the config tunes {expected_blocks}"
         )
+
+
+def _check_head(
+    config: ModelConfig, tower: dict[str, int], state: Mapping[str, torch.Tensor], path: Path, check_shape
+) -> None:
+    """Every head tensor of ``config`` is in ``state``, in the shape ``check_shape`` expects."""
+    for key, shape in _head_shapes(config, tower).items():
+        if key not in state:
+            raise CheckpointError(f"{path}: missing key '{key}'")
+        check_shape(key, shape)
+
+
+def _check_resnet_state(config: ModelConfig, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """:func:`check_config_fits_state` for a CLIP ResNet: the image-tower tensors in ``state`` are exactly
+    those the config's PEFT trains (see :func:`~liftplus.model.resnet.trained_shapes`), in their shapes,
+    and the head is (classes x embedding size)."""
+    peft = "+".join(config.methods)
+    try:
+        check_resnet_config(config.name, config.methods, config.peft_layers)
+    except ParamsError as exc:
+        field, _, message = str(exc).partition(": ")
+        raise CheckpointError(f"{path}: config '{field.removeprefix('model.')}': {message}") from None
+    expected = trained_shapes(config.name, config.methods)
+    embed = open_clip.get_model_config(config.name).get("embed_dim", 512)
+    described = f"{config.name} + {peft} with {config.num_classes} classes"
+
+    def check_shape(key: str, shape: Optional[tuple[int, ...]]) -> None:
+        if shape is not None and tuple(state[key].shape) != shape:
+            raise CheckpointError(
+                f"{path}: key '{key}' has shape {tuple(state[key].shape)}, expected {shape} ({described})"
+            )
+
+    _check_head(config, {"width": embed, "embed": embed}, state, path, check_shape)
+    visual = [key for key in state if key.startswith("backbone.visual.")]
+    unexpected = [key for key in visual if key not in expected]
+    if unexpected:
+        raise CheckpointError(f"{path}: key '{unexpected[0]}' is not trained by {described}" + _more(unexpected))
+    missing = [key for key in expected if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: missing key '{missing[0]}' ({described})" + _more(missing))
+    for key in visual:
+        check_shape(key, expected[key])
 
 
 def model_from_checkpoint(

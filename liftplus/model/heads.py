@@ -79,24 +79,37 @@ class ZeroShotHead(nn.Module):
 
     ``T`` are the classes' projected text embeddings (kept, normalised, in the
     state dict); the image projection and logit scale are copies of the frozen
-    backbone's and are not saved.
+    backbone's and are not saved. ``projection`` None (a CLIP ResNet, whose
+    feature is projected already): ``f`` is used as it is, ``embed_dim`` wide.
     """
 
-    def __init__(self, projection: torch.Tensor, logit_scale: torch.Tensor, num_classes: int):
+    def __init__(
+        self,
+        projection: Optional[torch.Tensor],
+        logit_scale: torch.Tensor,
+        num_classes: int,
+        embed_dim: Optional[int] = None,
+    ):
         super().__init__()
-        embed_dim = projection.shape[1]
-        self.register_buffer("projection", projection.detach().clone(), persistent=False)
+        if projection is None:
+            if embed_dim is None:
+                raise ValueError("the zero-shot head needs the image projection or, without one, embed_dim")
+            self.projection = None
+        else:
+            embed_dim = projection.shape[1]
+            self.register_buffer("projection", projection.detach().clone(), persistent=False)
         self.register_buffer("logit_scale", logit_scale.detach().clone(), persistent=False)
-        self.register_buffer(
-            "text_features", torch.zeros(num_classes, embed_dim, dtype=projection.dtype, device=projection.device)
-        )
+        like = logit_scale if projection is None else projection
+        self.register_buffer("text_features", torch.zeros(num_classes, embed_dim, dtype=like.dtype, device=like.device))
 
     @property
     def weight(self) -> torch.Tensor:
         return self.text_features
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        image = F.normalize(features @ self.projection.to(features.dtype), dim=-1)
+        if self.projection is not None:
+            features = features @ self.projection.to(features.dtype)
+        image = F.normalize(features, dim=-1)
         return self.logit_scale.exp() * image @ self.text_features.to(image.dtype).T
 
 
@@ -110,9 +123,9 @@ def make_head(
     backbone: Optional[nn.Module] = None,
     text: Optional[TextOptions] = None,
 ) -> nn.Module:
-    """The head ``classifier`` names; ``zero-shot`` needs the image ``projection`` and ``logit_scale``,
-    ``text`` (the text-tower classifier, :mod:`liftplus.model.text_head`) the ``backbone`` and ``text``
-    options."""
+    """The head ``classifier`` names; ``zero-shot`` needs the ``logit_scale`` and the image ``projection``
+    (None for a CLIP ResNet: its ``feature_dim`` wide feature is in the joint space already), ``text``
+    (the text-tower classifier, :mod:`liftplus.model.text_head`) the ``backbone`` and ``text`` options."""
     if classifier == "cosine":
         return CosineClassifier(feature_dim, num_classes, scale=scale)
     if classifier == "linear":
@@ -122,9 +135,9 @@ def make_head(
     if classifier == "layernorm":
         return LayerNormClassifier(feature_dim, num_classes)
     if classifier == "zero-shot":
-        if projection is None or logit_scale is None:
-            raise ValueError("the zero-shot head needs the image projection and the logit scale")
-        return ZeroShotHead(projection, logit_scale, num_classes)
+        if logit_scale is None:
+            raise ValueError("the zero-shot head needs the logit scale")
+        return ZeroShotHead(projection, logit_scale, num_classes, embed_dim=feature_dim)
     if classifier == "text":
         if backbone is None or text is None:
             raise ValueError("the text head needs the backbone and its text options")

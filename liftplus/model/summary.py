@@ -14,10 +14,12 @@ def parameter_summary(model: LiftModel) -> dict[str, Any]:
     tuners and the head); ``image_encoder_parameters`` the image encoder with
     its tuners plus the head, i.e. what classifies an image. Trainable
     parameters are split into ``peft`` (anything trainable inside the image
-    encoder's blocks), ``head`` and ``other`` (should be 0).
+    encoder's blocks, and a CLIP ResNet's SSF), ``head`` and ``other``
+    (should be 0). ``clip_parameters`` leaves out the tensors PEFT adds (a
+    ResNet's full/BitFit train CLIP's own).
     """
     head_ids = {id(p) for p in model.head.parameters()}
-    block_ids = {id(p) for p in model.backbone.visual.transformer.resblocks.parameters()}
+    block_ids = {id(p) for module in model.peft_modules() for p in module.parameters()}
     trainable = {"peft": 0, "head": 0, "other": 0}
     for p in model.parameters():
         if not p.requires_grad:
@@ -27,6 +29,9 @@ def parameter_summary(model: LiftModel) -> dict[str, Any]:
     tuner_parameters = sum(
         p.numel() for block in model.peft_blocks() for p in [*block.tuner.parameters(), *_prompt(block)]
     )
+    resnet_tuner = getattr(model.backbone.visual, "tuner", None) if model.is_resnet else None
+    if resnet_tuner is not None:
+        tuner_parameters += sum(p.numel() for p in resnet_tuner.parameters())
     head_total = sum(p.numel() for p in model.head.parameters())
     total = sum(p.numel() for p in model.parameters())
     image_encoder = sum(p.numel() for p in model.backbone.visual.parameters()) + head_total

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from liftplus.errors import ParamsError
+from liftplus.model.backbone import image_projection
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -38,6 +39,8 @@ def encode_text_init(
     [K, image width] are those mapped back into the image feature space
     through the image projection, ``normalize(text_features @ proj.T)``, the
     semantic init of the classifier (reference: ``init_classifier_weight``).
+    A CLIP ResNet has no image projection (its feature is in the joint space
+    already): its ``weights`` are the ``text_features`` themselves.
     """
     backbone = getattr(model, "backbone", model)
     if not callable(getattr(backbone, "encode_text", None)):
@@ -45,12 +48,13 @@ def encode_text_init(
         raise ParamsError(f"model.name: {name} has no text tower, so class names cannot be encoded (use class_mean)")
     tokenizer = open_clip.get_tokenizer(model_name or model.config.name)
     prompts = class_prompts(classnames, template)
-    device = backbone.visual.proj.device
+    device = backbone.token_embedding.weight.device
+    projection = image_projection(backbone.visual)
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(prompts), batch_size):
             tokens = tokenizer(prompts[start : start + batch_size]).to(device)
             chunks.append(backbone.encode_text(tokens).float())
         text_features = F.normalize(torch.cat(chunks), dim=-1)
-        weights = F.normalize(text_features @ backbone.visual.proj.float().T, dim=-1)
+        weights = text_features if projection is None else F.normalize(text_features @ projection.float().T, dim=-1)
     return weights.clone(), text_features.clone()

@@ -4,7 +4,7 @@ Reference (github.com/shijxcs/LIFT-plus): ``trainer.py`` ``build_tuner`` (CoOp t
 context locations, projection tuning, CLIP-Adapter), ``models/models.py`` ``PEFT_Text``
 (``add_learnable_context``, ``_get_context_indices``, ``forward``) and ``PEFT_Model.forward``::
 
-    image = f @ visual.proj (+ image_adapter(image))
+    image = f @ visual.proj (f itself for a CLIP ResNet) (+ image_adapter(image))
     text = text_tower(prompts with learnable context) @ text_projection (+ text_adapter(text))
     logits = exp(logit_scale) * normalize(image) @ normalize(text).T
 
@@ -28,7 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from liftplus.errors import DataError, ParamsError
+from liftplus.model.backbone import image_projection
 from liftplus.model.peft import Bottleneck
+from liftplus.model.resnet import is_resnet
 
 PHOTO_TEMPLATE = "a photo of a {}."
 PHOTO_CONTEXT = [0, 1, 2, 3, -1]
@@ -184,7 +186,8 @@ class TextHead(nn.Module):
         self._indices: Optional[tuple[Any, torch.Tensor]] = None
 
         embedding = backbone.token_embedding.weight
-        embed_dim = backbone.visual.proj.shape[1]
+        projection = image_projection(backbone.visual)
+        embed_dim = backbone.visual.output_dim if projection is None else projection.shape[1]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)
             self.ctx = None
@@ -199,7 +202,7 @@ class TextHead(nn.Module):
                 nn.init.normal_(self.ctx, std=0.02)
             self.image_adapter = self.text_adapter = None
             if options.clip_adapter_dim:
-                factory = {"dtype": backbone.visual.proj.dtype, "device": device}
+                factory = {"dtype": (embedding if projection is None else projection).dtype, "device": device}
                 self.image_adapter = Bottleneck(embed_dim, options.clip_adapter_dim, **factory)
                 self.text_adapter = Bottleneck(embed_dim, options.clip_adapter_dim, **factory)
         if options.proj_tuning:
@@ -305,7 +308,8 @@ class TextHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         bb = self._backbone
-        image = features @ bb.visual.proj.to(features.dtype)
+        projection = image_projection(bb.visual)
+        image = features if projection is None else features @ projection.to(features.dtype)
         if self.image_adapter is not None:
             image = image + self.image_adapter(image)
         text = self.text_features()
@@ -329,8 +333,9 @@ def _version(tensor: torch.Tensor) -> int:
 def _check_text_tower(backbone: nn.Module, name: str) -> None:
     needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "attn_mask")
     pool = getattr(backbone, "text_pool_type", None)
-    visual_proj = getattr(getattr(backbone, "visual", None), "proj", None)
-    if any(getattr(backbone, attr, None) is None for attr in needed) or pool != "argmax" or visual_proj is None:
+    visual = getattr(backbone, "visual", None)
+    projected = visual is not None and (is_resnet(visual) or getattr(visual, "proj", None) is not None)
+    if any(getattr(backbone, attr, None) is None for attr in needed) or pool != "argmax" or not projected:
         raise ParamsError(
             f"model.name: {name} has no CLIP text tower with argmax pooling and projections, "
             "which the text classifier (train.method coop) needs"
