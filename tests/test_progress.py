@@ -7,7 +7,7 @@ import re
 import sys
 
 import pytest
-from faultkit import invoke, run_stage, write_params
+from faultkit import invoke, run_stage, train_args, write_params
 from pipeline_project import learnable_fashion_mnist
 
 import liftplus.progress as progress_module
@@ -148,18 +148,7 @@ def test_train_stage_prints_step_lines_with_an_eta_to_a_pipe(tiny_project):
     out = root / "out"
     done = run_stage(
         "train",
-        "--params",
-        params,
-        "--shards",
-        root / "shards",
-        "--head",
-        root / "head.pt",
-        "--out",
-        out / "adapter.pt",
-        "--state",
-        out / "last.pt",
-        "--live",
-        out / "live",
+        *train_args(params, root / "shards", root / "head.pt", out),
         LIFTPLUS_PROGRESS_SECONDS="0.001",
     )
     assert done.code == 0, done.stderr[-2000:]

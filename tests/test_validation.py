@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from faultkit import invoke, write_params
+from faultkit import invoke, train_args, write_params
 from shard_tars import class_image, write_shards
 from train_kit import CountingLoss, assert_bitwise_equal, make_model, one_thread, preprocess, run_config  # noqa: F401
 
@@ -222,21 +222,7 @@ def run_train(project, data: str, name: str, **train) -> Path:
     if train:
         params = write_params(project["root"] / f"params-{name}.yaml", params, train=train)
     out = project["root"] / name
-    done = invoke(
-        "train",
-        "--params",
-        params,
-        "--shards",
-        shards,
-        "--head",
-        project["head"],
-        "--out",
-        out / "adapter.pt",
-        "--state",
-        out / "last.pt",
-        "--live",
-        out / "live",
-    )
+    done = invoke("train", *train_args(params, shards, project["head"], out))
     assert done.code == 0, done.stderr[-2000:]
     (out / "stdout.txt").write_text(done.stdout)
     return out
@@ -259,7 +245,7 @@ def default_run(project):
 def test_stage_logs_val_curves_and_the_best_epoch(default_run):
     out = default_run
     metrics = json.loads((out / "live" / "metrics.json").read_text())
-    state = torch.load(out / "last.pt", weights_only=True)
+    state = torch.load(out / "state" / "last.pt", weights_only=True)
     scores = [entry["validation"]["acc_mean_class"] for entry in state["history"]]
     best = scores.index(max(scores)) + 1
     assert set(metrics) == {"fit", "val", "step"} and metrics["step"] == EPOCHS
@@ -285,11 +271,11 @@ def test_stage_logs_val_curves_and_the_best_epoch(default_run):
 
 def test_stage_keep_best_writes_the_best_epochs_weights(project, default_run):
     out = run_train(project, "with_val", "best", keep="best")
-    state = torch.load(out / "last.pt", weights_only=True)
-    kept = weights(out / "adapter.pt")
+    state = torch.load(out / "state" / "last.pt", weights_only=True)
+    kept = weights(out / "model" / "adapter.pt")
     assert_bitwise_equal(kept, state["best"]["trainable"])
-    assert torch.load(out / "adapter.pt", weights_only=True)["extra"]["keep"] == "best"
-    same_as_last = all(torch.equal(kept[k], v) for k, v in weights(default_run / "adapter.pt").items())
+    assert torch.load(out / "model" / "adapter.pt", weights_only=True)["extra"]["keep"] == "best"
+    same_as_last = all(torch.equal(kept[k], v) for k, v in weights(default_run / "model" / "adapter.pt").items())
     assert same_as_last == (state["best"]["epoch"] == EPOCHS)
 
 
@@ -297,7 +283,7 @@ def test_stage_default_without_val_split_trains_as_before(project):
     """No val split: the default trains and writes exactly what a run with validation off does."""
     default = run_train(project, "no_val", "no-val-default")
     off = run_train(project, "no_val", "no-val-off", validation="none")
-    assert_bitwise_equal(weights(default / "adapter.pt"), weights(off / "adapter.pt"))
+    assert_bitwise_equal(weights(default / "model" / "adapter.pt"), weights(off / "model" / "adapter.pt"))
     assert "no validation" in (default / "stdout.txt").read_text()
     assert set(json.loads((default / "live" / "metrics.json").read_text())) == {"fit", "step"}
     assert not (default / "live" / "plots" / "metrics" / "val").exists()
@@ -349,4 +335,4 @@ def test_zero_shot_stage_writes_the_log_folders_dvc_declares(project):
     out = run_train(project, "no_val", "zero-shot", method="zs", epochs=None, validation="none")
     assert (out / "live" / "plots" / "metrics").is_dir()
     assert (out / "live" / "metrics.json").is_file()
-    assert torch.load(out / "adapter.pt", weights_only=True)["extra"]["method"] == "zs"
+    assert torch.load(out / "model" / "adapter.pt", weights_only=True)["extra"]["method"] == "zs"

@@ -13,7 +13,7 @@ own tensors, so that a small file cannot make a reader build a huge model.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,7 +26,7 @@ from liftplus.io import load_torch, save_torch
 from liftplus.model import timm_vit
 from liftplus.model.backbone import backbone_fingerprint
 from liftplus.model.build import LiftModel, ModelConfig, build_model
-from liftplus.model.peft import aft_count, aft_ratio_used, method_layers, tuned_blocks, tuner_sizes
+from liftplus.model.peft import Bottleneck, aft_count, aft_ratio_used, method_layers, tuned_blocks, tuner_sizes
 from liftplus.model.resnet import check_resnet_config, resnet_vision_cfg, trained_shapes
 from liftplus.model.text_head import text_head_shapes
 
@@ -87,10 +87,9 @@ def _check_tensors_finite(state: Mapping[str, Any], path: Path) -> None:
 def load_trainable_state(model: LiftModel, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Copy ``state`` into ``model``'s trainable tensors; every key must match exactly."""
     expected = model.trainable_state_dict()
-    missing = [k for k in expected if k not in state]
+    missing, unexpected = _key_mismatch(expected, state)
     if missing:
         raise CheckpointError(f"{source}: missing key '{missing[0]}'" + _more(missing))
-    unexpected = [k for k in state if k not in expected]
     if unexpected:
         raise CheckpointError(f"{source}: unexpected key '{unexpected[0]}'" + _more(unexpected))
     for key, target in expected.items():
@@ -101,6 +100,13 @@ def load_trainable_state(model: LiftModel, state: Mapping[str, torch.Tensor], so
     with torch.no_grad():
         for key, target in expected.items():
             target.copy_(state[key])
+
+
+def _key_mismatch(expected: Iterable[str], given: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The keys ``expected`` lacks from ``given`` (missing) and ``given`` has beyond it (unexpected), in order."""
+    expected, given = list(expected), list(given)
+    expected_set, given_set = set(expected), set(given)
+    return [k for k in expected if k not in given_set], [k for k in given if k not in expected_set]
 
 
 def _more(keys: list[str]) -> str:
@@ -156,15 +162,7 @@ def _block_shapes(
     if prompt is not None:
         shapes["prompt"] = (prompt, d)
     for tuner in ("adaptformer", "adapter"):
-        r = sizes.get(tuner, 0)
-        shapes |= {
-            f"tuner.{tuner}.norm.weight": (d,),
-            f"tuner.{tuner}.norm.bias": (d,),
-            f"tuner.{tuner}.down.weight": (r, d),
-            f"tuner.{tuner}.down.bias": (r,),
-            f"tuner.{tuner}.up.weight": (d, r),
-            f"tuner.{tuner}.up.bias": (d,),
-        }
+        shapes |= Bottleneck.shapes(f"tuner.{tuner}", d, sizes.get(tuner, 0))
     for tuner in ("lora_q", "lora_v"):
         r = sizes.get("lora", 0)
         shapes |= {f"tuner.{tuner}.down": (d, r), f"tuner.{tuner}.up": (r, d)}
@@ -299,10 +297,9 @@ def _check_resnet_state(config: ModelConfig, state: Mapping[str, torch.Tensor], 
 
     _check_head(config, {"width": embed, "embed": embed}, state, path, check_shape)
     visual = [key for key in state if key.startswith("backbone.visual.")]
-    unexpected = [key for key in visual if key not in expected]
+    missing, unexpected = _key_mismatch(expected, visual)
     if unexpected:
         raise CheckpointError(f"{path}: key '{unexpected[0]}' is not trained by {described}" + _more(unexpected))
-    missing = [key for key in expected if key not in state]
     if missing:
         raise CheckpointError(f"{path}: missing key '{missing[0]}' ({described})" + _more(missing))
     for key in visual:

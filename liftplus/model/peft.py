@@ -156,6 +156,18 @@ class Bottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.act(self.down(self.norm(x))))
 
+    @staticmethod
+    def shapes(prefix: str, dim: int, bottleneck: int) -> dict[str, tuple[int, ...]]:
+        """The shape of each tensor of a ``Bottleneck(dim, bottleneck)`` saved under ``prefix``."""
+        return {
+            f"{prefix}.norm.weight": (dim,),
+            f"{prefix}.norm.bias": (dim,),
+            f"{prefix}.down.weight": (bottleneck, dim),
+            f"{prefix}.down.bias": (bottleneck,),
+            f"{prefix}.up.weight": (dim, bottleneck),
+            f"{prefix}.up.bias": (dim,),
+        }
+
 
 class AdaptFormer(Bottleneck):
     """Bottleneck times a learnable scalar (init 1), run parallel to the MLP."""

@@ -140,16 +140,8 @@ def text_head_shapes(config: Any) -> dict[str, tuple[int, ...]]:
     if n:
         shapes["head.ctx"] = (n, dims["width"])
     if options.clip_adapter_dim:
-        e, b = dims["embed"], options.clip_adapter_dim
         for side in ("image_adapter", "text_adapter"):
-            shapes |= {
-                f"head.{side}.norm.weight": (e,),
-                f"head.{side}.norm.bias": (e,),
-                f"head.{side}.down.weight": (b, e),
-                f"head.{side}.down.bias": (b,),
-                f"head.{side}.up.weight": (e, b),
-                f"head.{side}.up.bias": (e,),
-            }
+            shapes |= Bottleneck.shapes(f"head.{side}", dims["embed"], options.clip_adapter_dim)
     return shapes
 
 

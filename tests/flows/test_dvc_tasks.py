@@ -3,12 +3,11 @@ decided from structure (stage commands DVC started, dvc.lock, dvc status), not D
 
 from __future__ import annotations
 
-import json
 import subprocess
 
 import pytest
 import zc.lockfile
-from fakeproject import dvc, stage_calls, write_params
+from fakeproject import experiment_values, stage_calls, write_params
 
 from flows import dvc_tasks, pipeline, sweep  # before any test: importing Prefect configures logging
 from flows.dvc_tasks import (
@@ -258,13 +257,7 @@ def test_outcomes_failures_and_names_do_not_depend_on_dvc_wording(fake_project, 
     ]
 
     monkeypatch.delenv("PYTHONPATH")  # DVC in its own words again, for the checks below
-    shown = json.loads(dvc(fake_project, "exp", "show", "--json").stdout)
-    lrs = {
-        rev["name"]: rev["data"]["params"]["params.yaml"]["data"]["train"]["lr"]
-        for row in shown
-        for exp in row.get("experiments") or []
-        for rev in exp["revs"]
-    }
+    lrs = experiment_values(fake_project, "params", "params.yaml", "train", "lr")
     assert lrs == {"run-lr_0.01": 0.01, "run-lr_0.01-2": 0.01, "sweep-lr_0.01": 0.01, "sweep-lr_0.02": 0.02}, (
         "two experiments run and two queued, each under the name the flow chose, with its params"
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fakeproject import FAKE_PARAMS, FAKE_STAGE, commit_all, dvc, fake_dvc_yaml, git_repo
+from fakeproject import FAKE_PARAMS, FAKE_STAGE, commit_all, dvc, experiment_values, fake_dvc_yaml, git_repo
 from prefect.client.orchestration import get_client
 
 from flows import PROJECT_ROOT, paper
@@ -127,13 +127,7 @@ def test_paper_table_has_a_row_per_method_with_its_numbers(prefect_api, paper_pr
     assert 0 == expected["zs"] < expected["lp"] < expected["lift+"]
 
     # Each experiment is in `dvc exp show` with the method it ran; params.yaml is untouched.
-    shown = json.loads(dvc(paper_project, "exp", "show", "--json").stdout)
-    methods = {
-        rev["name"]: rev["data"]["params"]["params.yaml"]["data"]["train"]["method"]
-        for row in shown
-        for exp in row.get("experiments") or []
-        for rev in exp["revs"]
-    }
+    methods = experiment_values(paper_project, "params", "params.yaml", "train", "method")
     assert {methods[rows[m][2]] for m in ("lift+", "lp")} == {"lift+", "lp"}
     assert yaml.safe_load((paper_project / "params.yaml").read_text())["train"]["method"] == "lift+"
 
@@ -260,13 +254,7 @@ def test_real_project_lp_and_lift_plus_land_in_the_table(prefect_api, tmp_path):
         assert all(0 <= row["accuracy"][label] <= 100 for label in ("overall", "mean per class"))
         assert row["train_seconds"] > 0 and row["run_seconds"] > row["train_seconds"]
     assert 0 < rows["lp"]["trainable_params"] < rows["lift+"]["trainable_params"]
-    eval_json = json.loads(dvc(repo, "exp", "show", "--json").stdout)
-    accuracies = {
-        rev["name"]: rev["data"]["metrics"]["data/metrics/eval.json"]["data"]["test"]["acc"]
-        for row in eval_json
-        for exp in row.get("experiments") or []
-        for rev in exp["revs"]
-    }
+    accuracies = experiment_values(repo, "metrics", "data/metrics/eval.json", "test", "acc")
     assert {row["experiment"]: row["accuracy"]["overall"] for row in rows.values()} == {
         row["experiment"]: accuracies[row["experiment"]] for row in rows.values()
     }

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -51,6 +52,21 @@ def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return sh([sys.executable, "-m", "dvc", *args], repo, check=check)
+
+
+def experiment_values(repo: Path, section: str, path: str, *keys: str) -> dict:
+    """``name -> value`` of every experiment in ``dvc exp show --json``: ``section`` ("params" or
+    "metrics") of file ``path``, then ``keys`` down into its data."""
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    values = {}
+    for row in shown:
+        for exp in row.get("experiments") or []:
+            for rev in exp["revs"]:
+                value = rev["data"][section][path]["data"]
+                for key in keys:
+                    value = value[key]
+                values[rev["name"]] = value
+    return values
 
 
 def git_repo(path: Path) -> Path:

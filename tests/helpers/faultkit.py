@@ -177,3 +177,21 @@ def limit_memory(limit: int = 4 * GIB):
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     return apply
+
+
+def train_args(params: Path, shards: Path, head: Path, out: Path) -> list:
+    """The train stage's options, every output under ``out``: model/adapter.pt, state/last.pt, live/."""
+    return [
+        "--params",
+        params,
+        "--shards",
+        shards,
+        "--head",
+        head,
+        "--out",
+        out / "model" / "adapter.pt",
+        "--state",
+        out / "state" / "last.pt",
+        "--live",
+        out / "live",
+    ]

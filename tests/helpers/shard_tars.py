@@ -34,6 +34,18 @@ def class_image(label: int, index: int, size: int = 36, mode: str = "RGB") -> by
     return buf.getvalue()
 
 
+def write_image_folder(root: str | Path, classnames: Iterable[str], counts: dict[str, int]) -> Path:
+    """``root/<split>/<class>/<n>.png`` for each split in ``counts`` (images per class): an imagefolder source."""
+    root = Path(root)
+    for split, count in counts.items():
+        for label, name in enumerate(classnames):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for n in range(count):
+                (folder / f"{n}.png").write_bytes(class_image(label, n))
+    return root
+
+
 def write_tar(path: str | Path, samples: Iterable[dict]) -> Path:
     """Write ``samples`` (webdataset dicts: ``__key__`` + extension → bytes) to one tar."""
     path = Path(path)

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from faultkit import Outcome, stage_env
+from faultkit import Outcome, stage_env, train_args  # noqa: F401 (the fault tests import it from here too)
 
 from bench.common import REPO
 
@@ -127,21 +127,3 @@ class PausedStage(Background):
             return result, self.wait()
         finally:
             self.kill()
-
-
-def train_args(params: Path, shards: Path, head: Path, out: Path) -> list:
-    """The train stage's options on the fault fixtures, every output under ``out``."""
-    return [
-        "--params",
-        params,
-        "--shards",
-        shards,
-        "--head",
-        head,
-        "--out",
-        out / "model" / "adapter.pt",
-        "--state",
-        out / "state" / "last.pt",
-        "--live",
-        out / "live",
-    ]

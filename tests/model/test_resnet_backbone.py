@@ -374,14 +374,9 @@ def test_resnet_stages_shard_init_train_and_evaluate_and_refuse_a_vit_method(tmp
     """shard -> init_head -> train (bitfit + ssf, semantic head) -> evaluate through the stages' entry
     points, on the tiny RN loaded from a local file; adaptformer on it fails train in one line, no output."""
     from faultkit import assert_one_line_error, invoke, write_params
-    from shard_tars import class_image
+    from shard_tars import write_image_folder
 
-    for split, count in (("train", 6), ("test", 2)):
-        for label, name in enumerate(("ant", "bee", "sea_lion")):
-            folder = tmp_path / "raw" / split / name
-            folder.mkdir(parents=True)
-            for n in range(count):
-                (folder / f"{n}.png").write_bytes(class_image(label, n))
+    write_image_folder(tmp_path / "raw", ("ant", "bee", "sea_lion"), {"train": 6, "test": 2})
     data = {"source": "imagefolder", "root": str(tmp_path / "raw"), "imbalance_ratio": 1}
     train = {"epochs": 1, "batch_size": 6, "micro_batch": 6, "workers": 0, "validation": "none"}
     params = write_params(

@@ -448,14 +448,9 @@ def test_coop_trains_in_the_loop_and_its_checkpoint_predicts_the_same(tmp_path, 
 def test_coop_stages_train_and_evaluate(tmp_path):
     """shard -> train (coop, no head file) -> evaluate, through the stages' own entry points."""
     from faultkit import invoke, write_params
-    from shard_tars import class_image
+    from shard_tars import write_image_folder
 
-    for split, count in (("train", 6), ("test", 2)):
-        for label, name in enumerate(("ant", "bee", "sea_lion")):
-            folder = tmp_path / "raw" / split / name
-            folder.mkdir(parents=True)
-            for n in range(count):
-                (folder / f"{n}.png").write_bytes(class_image(label, n))
+    write_image_folder(tmp_path / "raw", ("ant", "bee", "sea_lion"), {"train": 6, "test": 2})
     params = write_params(
         tmp_path / "params.yaml",
         data={"source": "imagefolder", "root": str(tmp_path / "raw"), "imbalance_ratio": 1},
