@@ -31,6 +31,8 @@ from bench.repro_time import (
 from bench.repro_time import run as repro_time_run
 from bench.shard_throughput import photo_figures
 
+pytestmark = pytest.mark.slow  # bench smoke runs: the slow lane
+
 
 def test_entry_points_start_and_every_figure_is_described():
     for module in ("bench", "bench.gpu"):
@@ -114,7 +116,6 @@ def test_quick_repro_copy_shards_and_validates(tmp_path):
     assert min(counts) == 2
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not FASHION_MNIST_ROOT.is_dir(), reason="Fashion-MNIST is not installed")
 def test_quick_repro_benchmark_runs_to_its_figures(tmp_path):
     """The whole --quick repro_time benchmark (about a minute): dvc repro, the no-op repro, the no-op flow."""

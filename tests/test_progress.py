@@ -143,6 +143,7 @@ def tiny_project(tmp_path_factory):
     return root, params
 
 
+@pytest.mark.slow
 def test_train_stage_prints_step_lines_with_an_eta_to_a_pipe(tiny_project):
     root, params = tiny_project
     out = root / "out"

@@ -342,6 +342,7 @@ def test_compiled_step_gives_the_eager_loss(shards, reference, tmp_path):
     assert max_difference(trainable_state(model), reference["weights"]) < 1e-4
 
 
+@pytest.mark.slow
 def test_code_fingerprint_follows_the_source(tmp_path):
     """A state is resumed only by the code that wrote it: an edit of the training code changes the
     digest, an edit of code training never runs (the command line) does not."""

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from webdataset import TarWriter
 
@@ -118,6 +119,7 @@ def stage_process(root: Path, shard_dir: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_stage_writes_longtail_metrics_and_the_count_curve(tmp_path):
     # imagefolder: class order is arbitrary, so counts need not fall with the label
     train_counts = [40, 120, 25, 10, 4, 2]

@@ -3,11 +3,13 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from liftplus.model import ModelConfig, build_model
 
 
+@pytest.mark.slow
 def test_random_init_model_is_the_same_in_a_separate_process(tmp_path):
     config = ModelConfig(num_classes=7, seed=3)
     torch.manual_seed(1234)  # the caller's RNG state must not matter
