@@ -211,7 +211,9 @@ class TrainParams(_Section):
     seed: int = Field(0, ge=0)
     deterministic: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="CUDA only: auto = fp16 (the reference's amp: fp16 autocast + GradScaler); bf16 autocast"
+    )
     compile: bool = False
     verify_checksums: bool = False
     input: Literal["auto", "float", "uint8", "encoded"] = Field(
@@ -258,7 +260,7 @@ class EvaluateParams(_Section):
     workers: int = Field(2, ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="CUDA only: auto = bf16 autocast; fp16 = fp16 weights, LayerNorms fp32 (the reference's test)",
+        description="CUDA only: auto = fp16 = fp16 weights, LayerNorms fp32 (the reference's test); bf16 autocast",
     )
     input: Literal["auto", "float", "uint8", "encoded"] = Field(
         "auto", description="what loader workers hand over; auto: uint8 on CUDA, float elsewhere"

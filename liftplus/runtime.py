@@ -36,17 +36,34 @@ def pick_device(name: str, dist_info: Distributed) -> torch.device:
     return torch.device("cpu")
 
 
+REFERENCE_PRECISION = "fp16"
+"""What ``precision: auto`` is on CUDA: the reference's (training: its ``amp``, fp16 autocast with a
+GradScaler; test: its ``fp16``, fp16 weights). bf16 stays a choice (``precision: bf16``) until a GPU
+measurement shows it as accurate."""
+
+
+def resolved_precision(precision: str) -> str:
+    return REFERENCE_PRECISION if precision == "auto" else precision
+
+
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
     """Mixed precision on CUDA only: CPU autocast is slow with the stock attention (see DESIGN)."""
+    precision = resolved_precision(precision)
     if device.type != "cuda" or precision == "fp32":
         return None
     return torch.float16 if precision == "fp16" else torch.bfloat16
 
 
+def grad_scaler(amp_dtype: Optional[torch.dtype]) -> Optional[torch.amp.GradScaler]:
+    """fp16 autocast trains with a GradScaler (the reference's ``amp``); bf16 and fp32 need none."""
+    return torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+
 def half_weights(precision: str, device: torch.device) -> bool:
-    """Whether evaluation runs the reference's test precision: ``fp16`` on CUDA means fp16 *weights*
-    (its ``model.half()``), not fp16 autocast; training's ``fp16`` stays autocast + GradScaler (its ``amp``)."""
-    return precision == "fp16" and device.type == "cuda"
+    """Whether evaluation runs the reference's test precision: ``fp16`` (or ``auto``) on CUDA means fp16
+    *weights* (its ``model.half()``), not fp16 autocast; training's ``fp16`` stays autocast + GradScaler
+    (its ``amp``)."""
+    return resolved_precision(precision) == "fp16" and device.type == "cuda"
 
 
 def to_half_weights(model: nn.Module) -> nn.Module:

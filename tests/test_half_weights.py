@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from liftplus.model import ModelConfig, build_model
-from liftplus.runtime import half_weights, to_half_weights
+from liftplus.runtime import autocast_dtype, half_weights, to_half_weights
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +19,19 @@ def model():
     return build_model(ModelConfig(num_classes=5)).eval()
 
 
-def test_only_fp16_on_cuda_means_half_weights():
+def test_fp16_and_auto_on_cuda_mean_half_weights_and_fp16_autocast_in_training():
+    """``auto`` is the reference's precision on CUDA (fp16 test weights, fp16 amp training); nothing on the CPU."""
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
-    assert half_weights("fp16", cuda)
-    assert not half_weights("fp16", cpu)
-    assert not any(half_weights(p, cuda) for p in ("auto", "bf16", "fp32"))
+    assert half_weights("fp16", cuda) and half_weights("auto", cuda)
+    assert not any(half_weights(p, cpu) for p in ("fp16", "auto"))
+    assert not any(half_weights(p, cuda) for p in ("bf16", "fp32"))
+    assert [autocast_dtype(p, cuda) for p in ("auto", "fp16", "bf16", "fp32")] == [
+        torch.float16,
+        torch.float16,
+        torch.bfloat16,
+        None,
+    ]
+    assert all(autocast_dtype(p, cpu) is None for p in ("auto", "fp16", "bf16"))
 
 
 def test_every_tensor_is_fp16_but_the_layernorms(model):

@@ -21,10 +21,10 @@ not depend on the values):
   ``ShardIndex`` over the shards with ``train_input`` (MDA; ``input: auto``,
   i.e. uint8 crops normalised on the GPU by ``finish_batch``), ``make_loader``
   (pinned, prefetch 4, persistent workers), fused attention (``sdpa: true``),
-  bf16 autocast, fused SGD, ``set_determinism`` as ``fit`` calls it;
+  fp16 autocast with a GradScaler (``precision: auto``), fused SGD, ``set_determinism`` as ``fit`` calls it;
 * ``model_only``: ``ours``' step on one synthetic batch already on the GPU:
   the ceiling the input pipeline can reach;
-* ``eval``: ``predict_logits``' loop (``inference_mode``, bf16) over the shards
+* ``eval``: ``predict_logits``' loop (``inference_mode``, fp16 weights) over the shards
   with ``eval_input``, batch 256 (``evaluate.batch_size``'s default), centre
   crop, then TTE (five crops: the model sees 5 × 256 per batch), each after the
   resize of ``evaluate.tte_expand: null`` (``eval_resize``: short side 256, 248 with TTE);

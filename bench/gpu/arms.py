@@ -56,21 +56,23 @@ class Arms:
 
     def our_step(self, model, loss_fn) -> Callable:
         """``fit``'s step for one micro-batch, by construction: ``liftplus.training.step.train_step``
-        (accumulation 1, bf16 on CUDA: no scaler), then the loss and accuracy reads fit makes."""
+        (accumulation 1, ``precision: auto``: fp16 autocast and fit's GradScaler on CUDA), then the
+        loss and accuracy reads fit makes."""
         import torch
 
-        from liftplus.runtime import autocast_dtype
+        from liftplus.runtime import autocast_dtype, grad_scaler
         from liftplus.training.step import train_step
 
         device = self.device
         amp_dtype = autocast_dtype("auto", device)
+        scaler = grad_scaler(amp_dtype)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(
             params, lr=LR, momentum=0.9, weight_decay=5e-4, fused=True if device.type == "cuda" else None
         )
 
         def step(images, labels) -> int:
-            loss, logits = train_step(model, loss_fn, images, labels, optimizer, amp_dtype=amp_dtype)
+            loss, logits = train_step(model, loss_fn, images, labels, optimizer, scaler=scaler, amp_dtype=amp_dtype)
             n = labels.numel()
             loss.item()
             (logits.argmax(dim=1) == labels).sum().item()
@@ -233,17 +235,16 @@ class Arms:
 
         from liftplus.data.input_path import eval_input, finish_batch, resolve_hand_off
         from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
-        from liftplus.evaluation.inference import forward_crops
+        from liftplus.evaluation.inference import forward_crops, ready_for_test
         from liftplus.runtime import autocast_dtype
 
         started = time.perf_counter()
         plan, device = self.plan, self.device
-        model = self.build(sdpa=True).to(device)
-        model.eval()
+        model = self.build(sdpa=True)
+        amp_dtype = autocast_dtype(ready_for_test(model, device, "auto"), device)  # as predict_logits
         pre = model.preprocess
         res = pre.image_size
         hand_off = resolve_hand_off(plan["input"], device)
-        amp_dtype = autocast_dtype("auto", device)
         batches = plan["eval_warmup_batches"] + plan["eval_timed_batches"]
         result: dict[str, Any] = {"hand_off": hand_off}
         for tte in (False, True):

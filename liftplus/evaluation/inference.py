@@ -79,13 +79,20 @@ def predict_logits(
 
     ``precision`` fp16 on CUDA converts ``model`` to fp16 weights in place (see :func:`to_half_weights`).
     """
-    model.to(device).eval()
-    if half_weights(precision, device):
-        to_half_weights(model)
-        precision = "fp32"  # the weights are fp16 already: no autocast on top
+    precision = ready_for_test(model, device, precision)
     return run_inference(
         model, dataset, batch_size, workers, device, precision, progress, "evaluate", prefetch=prefetch
     )
+
+
+def ready_for_test(model: nn.Module, device: torch.device, precision: str) -> str:
+    """``model`` on ``device`` in eval mode, in the reference's fp16 test weights where ``precision`` asks
+    for them (:func:`~liftplus.runtime.half_weights`); the autocast precision left to apply on top."""
+    model.to(device).eval()
+    if half_weights(precision, device):
+        to_half_weights(model)
+        return "fp32"  # the weights are fp16 already: no autocast on top
+    return precision
 
 
 def predict_features(

@@ -31,7 +31,7 @@ from liftplus.data.images import (
 )
 from liftplus.data.transforms import eval_resize, test_transform, to_rgb, tte_transform
 from liftplus.errors import DataError, OutputError, ParamsError
-from liftplus.evaluation.inference import forward_crops
+from liftplus.evaluation.inference import forward_crops, ready_for_test
 from liftplus.io import csv_text, write_json, write_text
 from liftplus.model.build import LiftModel
 from liftplus.model.checkpoint import checkpoint_classnames, model_from_checkpoint
@@ -113,8 +113,16 @@ def load_predictor(
         transform = tte_transform(pre.image_size, pre.mean, pre.std, expand=expand)
     else:
         transform = test_transform(pre.image_size, pre.mean, pre.std, expand=expand)
-    model.to(target).eval()
-    return Predictor(model, classnames, transform, target, tte=tte, short_side=eval_resize(pre.image_size, tte, expand))
+    precision = ready_for_test(model, target, "auto")  # as evaluate's default: the reference's test precision
+    return Predictor(
+        model,
+        classnames,
+        transform,
+        target,
+        precision=precision,
+        tte=tte,
+        short_side=eval_resize(pre.image_size, tte, expand),
+    )
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,14 @@ from liftplus.evaluation.metrics import classification_metrics
 from liftplus.io import load_torch, save_torch
 from liftplus.model.checkpoint import first_non_finite, load_trainable_state
 from liftplus.progress import Progress, eta_text
-from liftplus.runtime import Distributed, autocast_dtype, init_distributed, pick_device, set_determinism
+from liftplus.runtime import (
+    Distributed,
+    autocast_dtype,
+    grad_scaler,
+    init_distributed,
+    pick_device,
+    set_determinism,
+)
 from liftplus.training.code_closure import import_closure
 from liftplus.training.step import NonFiniteLoss, train_step
 
@@ -288,7 +295,7 @@ def fit(
         fused=True if device.type == "cuda" else None,
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    scaler = grad_scaler(amp_dtype)
 
     start_epoch, start_step, history, step_losses, best = 0, 0, [], [], None
     state = load_state(state_path, cfg)
