@@ -21,9 +21,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from liftplus.checkpoint_file import load_checkpoint
 from liftplus.errors import GateFailed, exit_on_error
 from liftplus.io import write_json
-from liftplus.model.checkpoint import load_checkpoint
 from liftplus.params import load_params
 from liftplus.registry import check_gate, head_commit, md5_file, read_metrics, register_model
 from stages import stage_parser

@@ -342,14 +342,13 @@ def test_compiled_step_gives_the_eager_loss(shards, reference, tmp_path):
     assert max_difference(trainable_state(model), reference["weights"]) < 1e-4
 
 
-@pytest.mark.slow
 def test_code_fingerprint_follows_the_source(tmp_path):
     """A state is resumed only by the code that wrote it: an edit of the training code changes the
     digest, an edit of code training never runs (the command line) does not."""
     import subprocess
     import sys
 
-    from liftplus.training.loop import code_fingerprint
+    from liftplus.training.code_closure import code_fingerprint
 
     copy = tmp_path / "liftplus"
     shutil.copytree(
@@ -357,7 +356,7 @@ def test_code_fingerprint_follows_the_source(tmp_path):
     )
 
     def digest_of_copy() -> str:
-        script = "import liftplus.training.loop as t; print(t.__file__, t.code_fingerprint())"
+        script = "import liftplus.training.code_closure as t; print(t.__file__, t.code_fingerprint())"
         out = subprocess.run(
             [sys.executable, "-c", script],
             cwd=tmp_path,

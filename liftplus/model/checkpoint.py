@@ -1,5 +1,8 @@
 """Compact checkpoints: the trained tensors plus the config that rebuilds the rest.
 
+The file itself (format tag, reading, the finite-tensor check) is :mod:`liftplus.checkpoint_file`;
+``FORMAT`` and ``load_checkpoint`` are importable from here too.
+
 A checkpoint holds only plain types and tensors, so it loads with
 ``torch.load(weights_only=True)``; anything else is refused, and so is a
 tensor holding NaN or inf (a poisoned model). Loading is strict: a missing,
@@ -21,16 +24,15 @@ import open_clip
 import torch
 from pydantic import ValidationError
 
+from liftplus.checkpoint_file import FORMAT, load_checkpoint
 from liftplus.errors import CheckpointError, ParamsError
-from liftplus.io import load_torch, save_torch
+from liftplus.io import save_torch
 from liftplus.model import timm_vit
 from liftplus.model.backbone import backbone_fingerprint
 from liftplus.model.build import LiftModel, ModelConfig, build_model
 from liftplus.model.peft import Bottleneck, aft_count, aft_ratio_used, method_layers, tuned_blocks, tuner_sizes
 from liftplus.model.resnet import check_resnet_config, resnet_vision_cfg, trained_shapes
 from liftplus.model.text_head import text_head_shapes
-
-FORMAT = "liftplus-adapter/1"
 
 
 def save_checkpoint(
@@ -49,39 +51,6 @@ def save_checkpoint(
         "extra": extra or {},
     }
     save_torch(payload, path)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; refuse anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    ckpt = load_torch(path, "torch checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a liftplus adapter checkpoint (expected format '{FORMAT}')")
-    for key, kind in (("config", dict), ("state", dict), ("backbone_fingerprint", str)):
-        if not isinstance(ckpt.get(key), kind):
-            raise CheckpointError(f"{path}: checkpoint has no valid '{key}'")
-    _check_tensors_finite(ckpt["state"], path)
-    return ckpt
-
-
-def first_non_finite(tensors: Mapping[str, torch.Tensor]) -> Optional[str]:
-    """The name of the first tensor holding NaN or inf, or None; one device sync for them all."""
-    floating = [(name, t) for name, t in tensors.items() if t.is_floating_point() or t.is_complex()]
-    if not floating:
-        return None
-    finite = torch.stack([torch.isfinite(t).all() for _, t in floating]).tolist()
-    return next((name for (name, _), ok in zip(floating, finite, strict=True) if not ok), None)
-
-
-def _check_tensors_finite(state: Mapping[str, Any], path: Path) -> None:
-    not_tensor = next((key for key, value in state.items() if not isinstance(value, torch.Tensor)), None)
-    if not_tensor is not None:
-        raise CheckpointError(f"{path}: state '{not_tensor}' is not a tensor")
-    poisoned = first_non_finite(state)
-    if poisoned is not None:
-        raise CheckpointError(f"{path}: tensor '{poisoned}' holds NaN or inf values")
 
 
 def load_trainable_state(model: LiftModel, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:

@@ -9,6 +9,7 @@ with ``ast`` (function-level and relative ones included); nothing is imported.
 from __future__ import annotations
 
 import ast
+import hashlib
 from pathlib import Path
 
 PACKAGES = ("liftplus", "stages")
@@ -55,3 +56,22 @@ def import_closure(script: Path, root: Path) -> set[str]:
                 if found is not None and found not in seen:
                     todo.append(found)
     return {p.relative_to(root).as_posix() for p in seen}
+
+
+TRAINING_CODE = "liftplus/training/run.py"
+"""Where a training run is put together: its import closure is the code a resumed state must match."""
+
+
+def code_fingerprint() -> str:
+    """The digest of the code that trains: a saved state is resumed only by the code that wrote it.
+
+    DVC reruns ``train`` when its code changes; without this the saved state of the
+    same params would hand back the old code's weights as if just trained. Only the
+    files :data:`TRAINING_CODE` can import count, so an edit of ``cli.py`` or of the
+    registry keeps a resumable state.
+    """
+    root = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256()
+    for name in sorted(import_closure(root / TRAINING_CODE, root)):
+        digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]

@@ -29,13 +29,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from liftplus.checkpoint_file import first_non_finite
 from liftplus.data.input_path import finish_batch
 from liftplus.data.loader import EpochBatchSampler, ShardIndex, make_loader
 from liftplus.errors import CheckpointError, TrainingError
 from liftplus.evaluation.inference import run_inference
 from liftplus.evaluation.metrics import classification_metrics
 from liftplus.io import load_torch, save_torch
-from liftplus.model.checkpoint import first_non_finite, load_trainable_state
+from liftplus.model.checkpoint import load_trainable_state
 from liftplus.progress import Progress, eta_text
 from liftplus.runtime import (
     Distributed,
@@ -45,7 +46,6 @@ from liftplus.runtime import (
     pick_device,
     set_determinism,
 )
-from liftplus.training.code_closure import import_closure
 from liftplus.training.step import NonFiniteLoss, train_step
 
 STATE_FORMAT = "liftplus-train-state/2"
@@ -142,25 +142,6 @@ class Interrupted(Exception):
 
 def run_fingerprint(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-TRAINING_CODE = "liftplus/training/run.py"
-"""Where a training run is put together: its import closure is the code a resumed state must match."""
-
-
-def code_fingerprint() -> str:
-    """The digest of the code that trains: a saved state is resumed only by the code that wrote it.
-
-    DVC reruns ``train`` when its code changes; without this the saved state of the
-    same params would hand back the old code's weights as if just trained. Only the
-    files :data:`TRAINING_CODE` can import count, so an edit of ``cli.py`` or of the
-    registry keeps a resumable state.
-    """
-    root = Path(__file__).resolve().parents[2]
-    digest = hashlib.sha256()
-    for name in sorted(import_closure(root / TRAINING_CODE, root)):
-        digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
 
 
 def save_state(

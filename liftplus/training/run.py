@@ -29,8 +29,9 @@ from liftplus.model.checkpoint import save_checkpoint
 from liftplus.model.heads import class_mean_weights, linear_probe_weights
 from liftplus.params import Params, TrainParams
 from liftplus.runtime import Distributed, distributed_from_env, pick_device
+from liftplus.training.code_closure import code_fingerprint
 from liftplus.training.head_init import load_text_init
-from liftplus.training.loop import RunConfig, Validation, code_fingerprint, run_fingerprint
+from liftplus.training.loop import RunConfig, Validation, run_fingerprint
 from liftplus.training.losses import build_loss
 
 PLAIN_EXPAND = 0

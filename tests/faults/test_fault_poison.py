@@ -34,7 +34,7 @@ def train(params: Path, shards: Path, head: Path, out: Path):
 
 
 def test_first_non_finite_names_the_first_poisoned_tensor():
-    from liftplus.model.checkpoint import first_non_finite
+    from liftplus.checkpoint_file import first_non_finite
 
     finite = {"a": torch.ones(3), "steps": torch.tensor([7, 8]), "scale": torch.tensor(2.5)}
     assert first_non_finite(finite) is None
