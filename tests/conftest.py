@@ -29,3 +29,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(part in STAGE_LEVEL for part in item.path.relative_to(config.rootpath / "tests").parts[:-1]):
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """The fast lane (``-m "not slow"``) does not even import the stage-level folders: every test there is slow."""
+    if config.getoption("markexpr") != "not slow" or not collection_path.is_dir():
+        return None
+    return True if collection_path.parent == config.rootpath / "tests" and collection_path.name in STAGE_LEVEL else None
